@@ -1,0 +1,73 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from api import problems
+from api.deps import AppState, ReplayStored, replay_response
+from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.routers import catalog, health
+from shared.db.database import Database
+from shared.queue import Queue
+from shared.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database_url = settings.require_database_url()
+    redis_url = settings.require_redis_url()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = await Database.connect(database_url, pool_size=settings.db_pool_size)
+        queue = Queue.from_url(redis_url, settings.queue_name)
+        app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
+        try:
+            yield
+        finally:
+            await queue.close()
+            await db.close()
+
+    docs = settings.docs_on
+    app = FastAPI(
+        title="Stockroom",
+        version="1.0.0",
+        summary="Warehouse inventory: catalog, stock ledger, jobs, audit and reports.",
+        lifespan=lifespan,
+        docs_url="/api/docs" if docs else None,
+        redoc_url="/api/redoc" if docs else None,
+        openapi_url="/api/openapi.json" if docs else None,
+    )
+    problems.install(app)
+
+    async def on_replay(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ReplayStored)
+        return replay_response(exc.stored)
+
+    app.add_exception_handler(ReplayStored, on_replay)
+
+    app.include_router(health.router)
+    app.include_router(catalog.router, prefix=API_PREFIX)
+
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match",
+                           "X-Request-ID"],
+            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID",
+                            "Idempotent-Replayed"],
+        )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

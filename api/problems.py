@@ -1,0 +1,101 @@
+"""Errors as RFC 9457 problem+json, in one place: domain errors, FastAPI's own 404/405/422,
+and anything unhandled (500, no internals)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.errors import DomainError, UnprocessableReference
+
+log = logging.getLogger("stockroom.api")
+
+PROBLEM_TYPE_BASE = "https://stockroom.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+_HTTP_SLUGS = {413: "payload-too-large", 404: "not-found", 405: "method-not-allowed"}
+
+
+class ProblemResponse(JSONResponse):
+    media_type = MEDIA_TYPE
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug if slug else "about:blank",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def domain_problem(exc: DomainError) -> ProblemResponse:
+    extra = dict(exc.extra)
+    if isinstance(exc, UnprocessableReference):
+        extra["errors"] = [{"loc": exc.loc, "msg": exc.detail, "type": exc.type_slug}]
+    return problem(exc.status, exc.detail, slug=exc.type_slug, title=exc.title, **extra)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors():
+        msg = str(err.get("msg", "invalid"))
+        errors.append({"loc": list(err.get("loc", ())), "msg": msg, "type": err.get("type")})
+    return errors
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, DomainError)
+    return domain_problem(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    return problem(
+        422,
+        "the request is not valid",
+        slug="validation-error",
+        title="Validation error",
+        errors=_validation_errors(exc),
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    slug = _HTTP_SLUGS.get(exc.status_code)
+    return problem(exc.status_code, detail, slug=slug, headers=dict(exc.headers or {}))
+
+
+async def _on_unhandled(request: Request, exc: Exception) -> ProblemResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "an internal error occurred; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _on_domain_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unhandled)

@@ -1,0 +1,1 @@
+"""Stockroom's shared package: settings, database layer, schemas, domain services, queue access."""

@@ -1,0 +1,1 @@
+"""Audit log: one entry per accepted mutation, written by the worker."""

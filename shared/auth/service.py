@@ -1,0 +1,107 @@
+"""API key records: create, list, revoke, authenticate."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+
+from shared.auth.keys import (
+    Scope,
+    generate_key,
+    hash_secret,
+    parse_token,
+    secret_matches,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: an API key's id, name and scopes."""
+
+    key_id: uuid.UUID
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return Scope.admin.value in self.scopes or scope in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    id: uuid.UUID
+    name: str
+    scopes: list[str]
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+_AUTH_SQL = (
+    "SELECT id, name, secret_hash, scopes FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL"
+)
+
+
+async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Principal | None:
+    material = parse_token(token)
+    if material is None:
+        return None
+    row = await conn.fetchrow(_AUTH_SQL, material.prefix)
+    if row is None or not secret_matches(material.secret, bytes(row["secret_hash"])):
+        return None
+    return Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
+
+
+async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> CreatedKey:
+    material = generate_key()
+    key_id = await conn.fetchval(
+        "INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
+        " RETURNING id",
+        name,
+        material.prefix,
+        hash_secret(material.secret),
+        scopes,
+    )
+    return CreatedKey(id=key_id, name=name, scopes=scopes, key=material.token)
+
+
+async def list_keys(conn: asyncpg.Connection) -> list[KeyInfo]:
+    rows = await conn.fetch(
+        "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys"
+        " ORDER BY created_at, id"
+    )
+    return [KeyInfo(**dict(r)) for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> bool:
+    """Revoke a key; ``False`` when no live key has that id. Takes effect on the next request."""
+    result: str = await conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+    )
+    return result.endswith(" 1")
+
+
+async def ensure_dev_admin_key(conn: asyncpg.Connection, key_file: Path) -> str:
+    """The development admin key: reuse the one saved in ``key_file`` while it still
+    authenticates, otherwise create a new one and save it (mode 0600)."""
+    if key_file.exists():
+        token = key_file.read_text().strip()
+        principal = await authenticate(conn, token)
+        if principal is not None and principal.allows(Scope.admin):
+            return token
+    created = await create_key(conn, "dev-admin", [Scope.admin.value])
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(created.key + "\n")
+    return created.key

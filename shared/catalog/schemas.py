@@ -1,0 +1,78 @@
+"""Catalog request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, field_serializer, model_validator
+
+from shared.types import STRICT_INPUT, LongText, Money, NonNegativeInt, ShortText, Sku, Title
+
+
+class ProductCreate(BaseModel):
+    model_config = STRICT_INPUT
+
+    sku: Sku
+    title: Title
+    unit_price: Money
+    category: ShortText | None = None
+    reorder_point: NonNegativeInt = 0
+    description: LongText | None = None
+
+
+class ProductPatch(BaseModel):
+    """Fields to change; absent fields stay as they are, ``null`` clears an optional field."""
+
+    model_config = STRICT_INPUT
+
+    title: Title | None = None
+    unit_price: Money | None = None
+    category: ShortText | None = None
+    reorder_point: NonNegativeInt | None = None
+    description: LongText | None = None
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> ProductPatch:
+        if not self.model_fields_set:
+            raise ValueError("no fields to update")
+        for name in NOT_NULLABLE_PATCH_FIELDS:
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class Product(BaseModel):
+    id: int
+    sku: str
+    title: str
+    unit_price: Decimal
+    category: str | None
+    reorder_point: int
+    description: str | None
+    on_hand: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @field_serializer("unit_price")
+    def _price(self, value: Decimal) -> str:
+        return f"{value:.2f}"
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.id}.{self.version}"'
+
+
+NOT_NULLABLE_PATCH_FIELDS = ("title", "unit_price", "reorder_point")
+
+
+def parse_etag(value: str) -> tuple[int, int] | None:
+    """``(product id, version)`` from an ETag this API issued (``"12.3"``, optionally ``W/``)."""
+    value = value.strip().removeprefix("W/")
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return None
+    ident, _, version = value[1:-1].partition(".")
+    if not (ident.isdigit() and version.isdigit()):
+        return None
+    return int(ident), int(version)

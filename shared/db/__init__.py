@@ -1,0 +1,1 @@
+"""Database layer: metadata and tables, engine and pools, migrations."""

@@ -1,0 +1,1 @@
+"""Durable job records: the outbox, status, cancel, retry."""

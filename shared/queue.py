@@ -1,0 +1,226 @@
+"""The queue: the only module that imports ``arq``.
+
+Jobs are durable rows in PostgreSQL (``jobs``, the outbox); Redis carries only wake-ups:
+- audit events are drained in batches by one coalesced ARQ job, ``drain_audit``, whose fixed
+  ``_job_id`` makes a thousand enqueues in a burst one job;
+- every other job kind travels as ``run_job(job_id)`` with ``_job_id`` = the job's id.
+Dispatch happens after the database commit and is best effort: when Redis is down the rows
+stay in the outbox and the worker's relay cron hands them over once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, in_progress_key_prefix
+from arq.cron import cron
+from arq.jobs import Job as ArqJob
+from arq.worker import Retry, Worker, func
+from redis.asyncio import ConnectionPool
+
+from shared.db.unit_of_work import NewJob
+from shared.jobs.kinds import JobKind
+
+log = logging.getLogger("stockroom.queue")
+
+TASK_DRAIN_AUDIT = "drain_audit"
+TASK_RUN_JOB = "run_job"
+
+# ARQ's job keys are global to the Redis database, not per queue: ids are namespaced by queue
+# so that two stacks (or test runs) sharing one Redis never swallow each other's jobs.
+
+
+def audit_drain_job_id(queue_name: str) -> str:
+    return f"{queue_name}:audit-drain"
+
+__all__ = [
+    "audit_drain_job_id",
+    "TASK_DRAIN_AUDIT",
+    "TASK_RUN_JOB",
+    "CronSpec",
+    "Queue",
+    "TaskSpec",
+    "WorkerRunner",
+    "default_queue_name",
+]
+
+TaskFunc = Callable[..., Awaitable[Any]]
+
+
+def redis_settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 1
+    settings.conn_retries = 0
+    return settings
+
+
+class Queue:
+    """A producer's handle on the queue (API replicas, the relay, the CLI)."""
+
+    # After a failed dispatch, skip Redis for this long: requests must not each wait out a
+    # connect timeout while Redis is down; the relay delivers what they leave behind.
+    BACKOFF_SECONDS = 1.0
+
+    def __init__(self, redis: ArqRedis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self._down_until = 0.0
+
+    @classmethod
+    def from_url(cls, redis_url: str, queue_name: str) -> Queue:
+        """Connects lazily: a process starts (and accepts writes) while Redis is down."""
+        pool = ConnectionPool.from_url(
+            redis_url, socket_connect_timeout=1, socket_timeout=5, max_connections=64
+        )
+        return cls(ArqRedis(connection_pool=pool, default_queue_name=queue_name), queue_name)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), timeout=2))
+        except Exception:
+            return False
+
+    async def dispatch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
+        """Hand committed jobs to the queue; returns the ids of ``run_job`` jobs handed over
+        (the caller marks them enqueued). Never raises: what is not handed over stays in the
+        outbox for the relay."""
+        if not jobs or time.monotonic() < self._down_until:
+            return []
+        handed: list[uuid.UUID] = []
+        try:
+            if any(job.kind == JobKind.audit for job in jobs):
+                await self.kick_audit_drain()
+            for job in jobs:
+                if job.kind != JobKind.audit:
+                    await self.enqueue_run_job(job.id)
+                    handed.append(job.id)
+        except Exception as exc:
+            self._down_until = time.monotonic() + self.BACKOFF_SECONDS
+            log.warning("queue dispatch failed; the outbox relay will deliver: %s", exc)
+        return handed
+
+    async def kick_audit_drain(self) -> None:
+        """Make sure one ``drain_audit`` is queued (a no-op while one is queued already)."""
+        await self.redis.enqueue_job(
+            TASK_DRAIN_AUDIT, _job_id=audit_drain_job_id(self.queue_name), _queue_name=self.queue_name
+        )
+
+    async def enqueue_run_job(self, job_id: uuid.UUID, defer_seconds: float = 0) -> bool:
+        job = await self.redis.enqueue_job(
+            TASK_RUN_JOB,
+            str(job_id),
+            _job_id=str(job_id),
+            _queue_name=self.queue_name,
+            _defer_by=defer_seconds or None,
+        )
+        return job is not None
+
+    async def abort(self, job_id: uuid.UUID) -> None:
+        """Ask a running ``run_job`` to stop (queued ones are skipped by their status)."""
+        await ArqJob(str(job_id), self.redis, _queue_name=self.queue_name).abort(timeout=0)
+
+    async def depth(self) -> tuple[int, int]:
+        """``(ready, deferred)``: jobs in the queue due now and due later."""
+        now_ms = int(time.time() * 1000)
+        ready = await self.redis.zcount(self.queue_name, "-inf", now_ms)
+        deferred = await self.redis.zcount(self.queue_name, f"({now_ms}", "+inf")
+        return int(ready), int(deferred)
+
+    async def in_progress_count(self) -> int:
+        count = 0
+        async for _ in self.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000):
+            count += 1
+        return count
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    name: str
+    coroutine: TaskFunc
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CronSpec:
+    name: str
+    coroutine: TaskFunc
+    every_seconds: int  # 1, 2, 3, 5, 10, 15, 20 or 30: a divisor of 60
+
+
+class WorkerRunner:
+    """An ARQ worker built from our task table; ``run()`` blocks and handles SIGINT/SIGTERM."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        queue_name: str,
+        tasks: Sequence[TaskSpec],
+        crons: Sequence[CronSpec],
+        max_jobs: int,
+        poll_delay: float,
+        on_startup: Callable[[dict[str, Any]], Awaitable[None]],
+        on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
+        burst: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        functions = [
+            func(t.coroutine, name=t.name, timeout=t.timeout_seconds, keep_result=0, max_tries=1000)
+            for t in tasks
+        ]
+        cron_jobs = [
+            cron(
+                c.coroutine,
+                # the cron's job id is "<name>:<tick>": namespaced like every other id
+                name=f"{queue_name}:cron:{c.name}",
+                second=set(range(0, 60, c.every_seconds)),
+                run_at_startup=True,
+                unique=True,
+                timeout=60,
+                keep_result=0,
+                max_tries=1,
+            )
+            for c in crons
+        ]
+        self.worker = Worker(
+            functions,
+            cron_jobs=cron_jobs,
+            queue_name=queue_name,
+            redis_settings=redis_settings(redis_url),
+            max_jobs=max_jobs,
+            poll_delay=poll_delay,
+            keep_result=0,
+            max_tries=1000,
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            burst=burst,
+            handle_signals=handle_signals,
+            allow_abort_jobs=True,
+            health_check_interval=30,
+            # SIGTERM: wait this long for running jobs before cancelling them.
+            job_completion_wait=20,
+        )
+
+    def run(self) -> None:
+        self.worker.run()
+
+    async def run_async(self) -> None:
+        await self.worker.async_run()
+
+    async def close(self) -> None:
+        await self.worker.close()
+
+
+def retry_exception(defer_seconds: float) -> BaseException:
+    """The transport's own 'run me again later' exception."""
+    return Retry(defer=defer_seconds)

