@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import asyncpg
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -17,6 +16,7 @@ from starlette.responses import Response
 from api.problems import MEDIA_TYPE, domain_problem
 from shared import idempotency
 from shared.auth.service import Principal, authenticate
+from shared.db.connection import Connection
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.errors import DomainError, Forbidden, Unauthenticated
@@ -51,14 +51,14 @@ def get_settings_dep(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-async def read_connection(state: StateDep) -> AsyncIterator[asyncpg.Connection]:
+async def read_connection(state: StateDep) -> AsyncIterator[Connection]:
     """A pooled connection for the request's reads (autocommit; each statement sees a
     consistent snapshot)."""
     async with state.db.pool.acquire() as conn:
         yield conn
 
 
-ConnDep = Annotated[asyncpg.Connection, Depends(read_connection, scope="function")]
+ConnDep = Annotated[Connection, Depends(read_connection, scope="function")]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sr_...`")
 
@@ -87,8 +87,10 @@ class RequireScope:
         return principal
 
 
-def scoped(scope: str) -> Any:
-    return Annotated[Principal, Depends(RequireScope(scope))]
+def requires(scope: str) -> Any:
+    """Dependency marker for ``Annotated[Principal, requires(scope)]``: authenticate, check
+    ``scope``; OpenAPI lists the scope as the operation's security requirement."""
+    return params.Security(dependency=RequireScope(scope), scopes=[scope])
 
 
 class ReplayStored(Exception):
@@ -221,6 +223,7 @@ class MutationScope:
                     log.warning("could not mark jobs enqueued: %s", exc)
 
 
-
-def mutation(scope: str) -> Any:
-    return Annotated[Mutation, Depends(MutationScope(scope), scope="function")]
+def mutates(scope: str) -> Any:
+    """Dependency marker for ``Annotated[Mutation, mutates(scope)]``. Its exit code (commit,
+    then dispatch) runs before the response is sent."""
+    return params.Security(dependency=MutationScope(scope), scopes=[scope], scope="function")

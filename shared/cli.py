@@ -19,7 +19,8 @@ import asyncpg
 
 from shared.auth import service as keys_service
 from shared.auth.keys import parse_scopes
-from shared.db.database import driver_url
+from shared.db.connection import Connection
+from shared.db.urls import driver_url
 from shared.settings import Settings, SettingsError, exit_on_settings_error, load_settings
 
 
@@ -39,7 +40,7 @@ def _database_url(settings: Settings) -> str:
         raise
 
 
-def _with_connection(fn: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+def _with_connection(fn: Callable[[Connection], Awaitable[Any]]) -> Any:
     url = driver_url(_database_url(_settings()))
 
     async def main() -> Any:
@@ -106,7 +107,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print("stockroom: --name: must not be empty", file=sys.stderr)
         return 2
 
-    async def create(conn: asyncpg.Connection) -> keys_service.CreatedKey:
+    async def create(conn: Connection) -> keys_service.CreatedKey:
         return await keys_service.create_key(conn, name, scopes)
 
     created = _with_connection(create)
@@ -159,7 +160,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         print(f"stockroom: {args.id!r} is not a key id", file=sys.stderr)
         return 2
 
-    async def revoke(conn: asyncpg.Connection) -> bool:
+    async def revoke(conn: Connection) -> bool:
         return await keys_service.revoke_key(conn, key_id)
 
     if not _with_connection(revoke):
@@ -171,11 +172,17 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_ensure_dev(args: argparse.Namespace) -> int:
     key_file = Path(args.key_file)
+    saved = key_file.read_text().strip() if key_file.exists() else None
 
-    async def ensure(conn: asyncpg.Connection) -> str:
-        return await keys_service.ensure_dev_admin_key(conn, key_file)
+    async def ensure(conn: Connection) -> str:
+        return await keys_service.ensure_dev_admin_key(conn, saved)
 
-    print(_with_connection(ensure))
+    token: str = _with_connection(ensure)
+    if token != saved:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(token + "\n")
+    print(token)
     return 0
 
 

@@ -33,7 +33,7 @@ from shared.embedded import (
     port_is_free,
     signal_on_parent_death,
 )
-from shared.settings import SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 __all__ = ["run_dev"]
 
@@ -82,7 +82,7 @@ class _Interrupted(Exception):
 
 
 class _StepFailed(Exception):
-    """A start-up step failed; the message says which and how."""
+    """Starting or running the stack failed; the message says what and how."""
 
 
 def _spawn(
@@ -136,34 +136,39 @@ class _Supervisor:
         _terminate([process for _, process in self.children], STOP_TIMEOUT)
 
 
-def _run_step(
-    what: str,
-    argv: list[str],
-    env: dict[str, str],
-    stop: _StopRequest,
-    timeout: float,
-    *,
-    capture: bool = False,
-) -> str:
-    """Run a one-shot CLI step; return its stdout if captured. Interruptible by a stop."""
-    process = _spawn(argv, env, capture=capture)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            out, _ = process.communicate(timeout=0.1)
-            break
-        except subprocess.TimeoutExpired:
-            if stop.requested or time.monotonic() > deadline:
-                _terminate([process], STOP_TIMEOUT)
-                process.communicate()
+class _Step:
+    """A one-shot CLI step (``migrate``, ``keys ensure-dev``) running as a child process."""
+
+    def __init__(
+        self, what: str, argv: list[str], env: dict[str, str], *, capture: bool = False
+    ) -> None:
+        self.what = what
+        self.process = _spawn(argv, env, capture=capture)
+
+    def wait(self, stop: _StopRequest, timeout: float) -> str:
+        """Its stdout (if captured) once it succeeded. Interruptible by a stop request."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                out, _ = self.process.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
                 if stop.requested:
+                    self.kill()
                     raise _Interrupted from None
-                raise _StepFailed(f"{what} did not finish within {timeout:.0f}s") from None
-    text = out.decode(errors="replace") if out is not None else ""
-    if process.returncode != 0:
-        sys.stdout.write(text)
-        raise _StepFailed(f"{what} failed with exit code {process.returncode}")
-    return text
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise _StepFailed(f"{self.what} did not finish within {timeout:.0f}s") from None
+        text = out.decode(errors="replace") if out is not None else ""
+        if self.process.returncode != 0:
+            sys.stdout.write(text)
+            raise _StepFailed(f"{self.what} failed with exit code {self.process.returncode}")
+        return text
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            _terminate([self.process], STOP_TIMEOUT)
+            self.process.communicate()
 
 
 @contextlib.contextmanager
@@ -233,89 +238,107 @@ def run_dev(workers: int, port: int, data_dir: Path) -> int:
     stop = _StopRequest()
     with stop.installed():
         try:
-            _run(workers, port, data_dir.expanduser().resolve(), stop)
+            settings = load_settings()
+            if workers < 0:
+                raise _StepFailed("--workers must be 0 or more")
+            if not port_is_free(port, HOST):
+                raise _StepFailed(f"port {port} on {HOST} is in use; choose another with --port")
+            data_dir = data_dir.expanduser().resolve()
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(_data_dir_lock(data_dir))
+                stack.callback(_say, "stopped")  # runs last, once everything has stopped
+                try:
+                    _run(settings, workers, port, data_dir, stop, stack)
+                except (_StepFailed, EmbeddedServerError) as exc:
+                    _error(str(exc))  # before the stack unwinds and says "stopped"
+                    return 1
+                except _Interrupted:
+                    pass
         except SettingsError as exc:
             _error(f"configuration: {exc}")
             return 2
-        except (_StepFailed, EmbeddedServerError) as exc:
+        except _StepFailed as exc:
             _error(str(exc))
             return 1
-        except _Interrupted:
-            pass
         return 0
 
 
-def _run(workers: int, port: int, data_dir: Path, stop: _StopRequest) -> None:
-    settings = load_settings()
-    if workers < 0:
-        raise _StepFailed("--workers must be 0 or more")
-    if not port_is_free(port, HOST):
-        raise _StepFailed(f"port {port} on {HOST} is in use; choose another with --port")
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _run(
+    settings: Settings,
+    workers: int,
+    port: int,
+    data_dir: Path,
+    stop: _StopRequest,
+    stack: contextlib.ExitStack,
+) -> None:
+    """Start everything (each piece registers its stop on ``stack``), then supervise."""
+    servers: list[_Server] = []
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_data_dir_lock(data_dir))
-        stack.callback(_say, "stopped")  # runs last, once everything below has stopped
-        servers: list[_Server] = []
+    database_url = settings.database_url
+    if database_url is None:
+        _say(f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
+        postgres = EmbeddedPostgres(data_dir / "postgres")
+        stack.callback(postgres.stop)
+        postgres.start()
+        servers.append(postgres)
+        database_url = postgres.url
+    redis_url = settings.redis_url
+    if redis_url is None:
+        _say(f"starting embedded Redis (data in {data_dir / 'redis'})")
+        redis = EmbeddedRedis(data_dir / "redis")
+        stack.callback(redis.stop)
+        redis.start()
+        servers.append(redis)
+        redis_url = redis.url
+    if stop.requested:
+        raise _Interrupted
 
-        database_url = settings.database_url
-        if database_url is None:
-            _say(f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
-            postgres = EmbeddedPostgres(data_dir / "postgres")
-            stack.callback(postgres.stop)
-            postgres.start()
-            servers.append(postgres)
-            database_url = postgres.url
-        redis_url = settings.redis_url
-        if redis_url is None:
-            _say(f"starting embedded Redis (data in {data_dir / 'redis'})")
-            redis = EmbeddedRedis(data_dir / "redis")
-            stack.callback(redis.stop)
-            redis.start()
-            servers.append(redis)
-            redis_url = redis.url
-        if stop.requested:
-            raise _Interrupted
+    env = {
+        **os.environ,
+        "STOCKROOM_DATABASE_URL": database_url,
+        "STOCKROOM_REDIS_URL": redis_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    _say("applying migrations")
+    migrate = _Step("migrate", _cli("migrate"), env)
+    stack.callback(migrate.kill)
+    migrate.wait(stop, MIGRATE_TIMEOUT)
 
-        env = {
-            **os.environ,
-            "STOCKROOM_DATABASE_URL": database_url,
-            "STOCKROOM_REDIS_URL": redis_url,
-            "PYTHONUNBUFFERED": "1",
-        }
-        _say("applying migrations")
-        _run_step("migrate", _cli("migrate"), env, stop, MIGRATE_TIMEOUT)
-        key_file = data_dir / "dev-admin-key"
-        out = _run_step(
-            "keys ensure-dev",
-            _cli("keys", "ensure-dev", "--key-file", str(key_file)),
-            env,
-            stop,
-            KEY_TIMEOUT,
-            capture=True,
-        )
-        lines = [line.strip() for line in out.splitlines() if line.strip()]
-        if not lines:
-            raise _StepFailed("keys ensure-dev printed no key")
-        _say(f"admin key: {lines[-1]}  (kept in {key_file})")
+    # the key is made while the API and workers start: they do not need it, and their
+    # start-up (mostly imports) is what takes time
+    key_file = data_dir / "dev-admin-key"
+    ensure_key = _Step(
+        "keys ensure-dev",
+        _cli("keys", "ensure-dev", "--key-file", str(key_file)),
+        env,
+        capture=True,
+    )
+    stack.callback(ensure_key.kill)
+    supervisor = _Supervisor(env)
+    stack.callback(supervisor.stop)
+    _say(f"starting the API on http://{HOST}:{port} and {workers} worker(s)")
+    supervisor.start("api", _cli("api", "--host", HOST, "--port", str(port)))
+    for n in range(1, workers + 1):
+        supervisor.start(f"worker-{n}", _cli("worker"))
 
-        supervisor = _Supervisor(env)
-        stack.callback(supervisor.stop)
-        _say(f"starting the API on http://{HOST}:{port} and {workers} worker(s)")
-        supervisor.start("api", _cli("api", "--host", HOST, "--port", str(port)))
-        for n in range(1, workers + 1):
-            supervisor.start(f"worker-{n}", _cli("worker"))
+    lines = ensure_key.wait(stop, KEY_TIMEOUT).split()
+    if not lines:
+        raise _StepFailed("keys ensure-dev printed no key")
+    key = lines[-1]
 
-        base = f"http://{HOST}:{port}"
-        _wait_ready(f"{base}/readyz", supervisor, servers, stop)
-        _say(f"API        {base}")
-        _say(f"API docs   {base}/api/docs")
-        _say(f"postgres   {_redacted(database_url)}")
-        _say(f"redis      {_redacted(redis_url)}")
-        _say("ready (Ctrl-C to stop)")
+    base = f"http://{HOST}:{port}"
+    _wait_ready(f"{base}/readyz", supervisor, servers, stop)
+    _say(f"API        {base}")
+    _say(f"API docs   {base}/api/docs")
+    _say(f"postgres   {_redacted(database_url)}")
+    _say(f"redis      {_redacted(redis_url)}")
+    _say(f"workers    {workers}")
+    _say(f"admin key: {key}  (kept in {key_file})")
+    _say("ready (Ctrl-C to stop)")
 
-        while not stop.requested:
-            _check_alive(supervisor, servers)
-            time.sleep(0.2)
-        assert stop.signum is not None
-        _say(f"{signal.Signals(stop.signum).name} received, stopping")
+    while not stop.requested:
+        _check_alive(supervisor, servers)
+        time.sleep(0.2)
+    assert stop.signum is not None
+    _say(f"{signal.Signals(stop.signum).name} received, stopping")

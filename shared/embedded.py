@@ -13,7 +13,7 @@ child process we can watch and stop in order, and receives a signal if its paren
 
 PostgreSQL refuses to run as root. When we are root, the server runs as the unprivileged
 ``pgserver`` system user (created if needed, the same user ``pgserver`` itself uses), which owns
-the data directory.
+the data directory; the directories above it get the search bit for others if they lack it.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, NamedTuple, Self, TypedDict
 
 __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedServerError",
     "free_port",
+    "port_is_free",
     "signal_on_parent_death",
 ]
 
@@ -49,6 +50,7 @@ LOCALHOST = "127.0.0.1"
 PG_SYSTEM_USER = "pgserver"
 PG_SUPERUSER = "postgres"
 _PR_SET_PDEATHSIG = 1
+_LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _DB_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -179,7 +181,9 @@ def _stop_leftover(pid: int, directory: Path, marker: str, sig: int, what: str) 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
-        text = path.read_text(errors="replace")
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 16384))
+            text = fh.read().decode(errors="replace")
     except OSError:
         return ""
     tail = text.splitlines()[-lines:]
@@ -216,6 +220,24 @@ def _stop_process(
     process.wait()
 
 
+class _RunAs(NamedTuple):
+    uid: int
+    gid: int
+
+
+class _PopenUser(TypedDict):
+    user: int | None
+    group: int | None
+    extra_groups: list[int] | None
+
+
+def _popen_user(run_as: _RunAs | None) -> _PopenUser:
+    """``Popen`` arguments that drop root: uid, gid and no supplementary groups."""
+    if run_as is None:
+        return {"user": None, "group": None, "extra_groups": None}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+
+
 class _EmbeddedServer(abc.ABC):
     """What both servers share: a root directory, a port, a password, a watched child."""
 
@@ -248,13 +270,10 @@ class _EmbeddedServer(abc.ABC):
     def _choose_port(self) -> None:
         self.port = self._requested_port or _choose_port(self.root / "port")
 
-    def _spawn(
-        self,
-        argv: list[str],
-        *,
-        death_signal: int,
-        user: pwd.struct_passwd | None = None,
-    ) -> None:
+    def _spawn(self, argv: list[str], *, death_signal: int, run_as: _RunAs | None = None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+                self.log_path.replace(self.log_path.with_suffix(".log.1"))
         self._log = os.fdopen(
             os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
         )
@@ -271,9 +290,7 @@ class _EmbeddedServer(abc.ABC):
             process_group=0,
             preexec_fn=signal_on_parent_death(death_signal),
             umask=0o077,
-            user=user.pw_uid if user else None,
-            group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
+            **_popen_user(run_as),
         )
 
     def _wait_ready(self, check: Callable[[], bool], timeout: float) -> None:
@@ -287,7 +304,6 @@ class _EmbeddedServer(abc.ABC):
                     f" log {self.log_path}:\n{_log_tail(self.log_path)}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
                 raise EmbeddedServerError(
                     f"embedded {self.kind} not ready after {timeout:.0f}s;"
                     f" log {self.log_path}:\n{_log_tail(self.log_path)}"
@@ -336,7 +352,7 @@ class EmbeddedPostgres(_EmbeddedServer):
         self.database = database
         self.pgdata = self.root / "data"
         self.bin_dir = _package_dir("pgserver") / "pginstall" / "bin"
-        self._user: pwd.struct_passwd | None = None
+        self._run_as: _RunAs | None = None
 
     @property
     def url(self) -> str:
@@ -346,22 +362,31 @@ class EmbeddedPostgres(_EmbeddedServer):
         )
 
     def _resolve_user(self) -> None:
+        """As root, pick who runs PostgreSQL: the owner of an existing data directory (it may
+        have been made by a non-root run), else the ``pgserver`` system user, created if need be.
+        """
         if os.geteuid() != 0:
             return
-        try:
-            self._user = pwd.getpwnam(PG_SYSTEM_USER)
-        except KeyError:
-            result = subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                 PG_SYSTEM_USER],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise EmbeddedServerError(
-                    f"PostgreSQL cannot run as root and creating the {PG_SYSTEM_USER!r} user"
-                    f" failed: {result.stderr.strip()}"
-                ) from None
-            self._user = pwd.getpwnam(PG_SYSTEM_USER)
+        with contextlib.suppress(FileNotFoundError):
+            owner = self.pgdata.stat()
+            if owner.st_uid != 0:
+                self._run_as = _RunAs(owner.st_uid, owner.st_gid)
+        if self._run_as is None:
+            try:
+                entry = pwd.getpwnam(PG_SYSTEM_USER)
+            except KeyError:
+                result = subprocess.run(
+                    ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                     PG_SYSTEM_USER],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if result.returncode != 0:
+                    raise EmbeddedServerError(
+                        f"PostgreSQL cannot run as root and creating the {PG_SYSTEM_USER!r} user"
+                        f" failed: {result.stderr.strip()}"
+                    ) from None
+                entry = pwd.getpwnam(PG_SYSTEM_USER)
+            self._run_as = _RunAs(entry.pw_uid, entry.pw_gid)
         _make_traversable(self.pgdata)
         _make_traversable(self.bin_dir)
 
@@ -386,10 +411,14 @@ class EmbeddedPostgres(_EmbeddedServer):
             argv,
             # SIGINT is PostgreSQL's "fast shutdown": roll back sessions, checkpoint, exit
             death_signal=signal.SIGINT,
-            user=self._user,
+            run_as=self._run_as,
         )
-        self._wait_ready(self._postmaster_ready, timeout=60)
-        self._ensure_database()
+        try:
+            self._wait_ready(self._postmaster_ready, timeout=60)
+            self._ensure_database()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Fast shutdown (a checkpoint, so nothing is lost); immediate, then SIGKILL if stuck."""
@@ -409,9 +438,9 @@ class EmbeddedPostgres(_EmbeddedServer):
         pwfile.unlink(missing_ok=True)
         pwfile.write_text(self.password + "\n")
         pwfile.chmod(0o600)
-        if self._user is not None:
-            os.chown(self.pgdata, self._user.pw_uid, self._user.pw_gid)
-            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+        if self._run_as is not None:
+            os.chown(self.pgdata, *self._run_as)
+            os.chown(pwfile, *self._run_as)
         try:
             base = [
                 str(self.bin_dir / "initdb"),
@@ -432,9 +461,7 @@ class EmbeddedPostgres(_EmbeddedServer):
                     capture_output=True,
                     text=True,
                     check=False,
-                    user=self._user.pw_uid if self._user else None,
-                    group=self._user.pw_gid if self._user else None,
-                    extra_groups=[] if self._user else None,
+                    **_popen_user(self._run_as),
                 )
                 if result.returncode == 0:
                     return
@@ -541,7 +568,11 @@ class EmbeddedRedis(_EmbeddedServer):
             [executable, str(self.config_path)],
             death_signal=signal.SIGTERM,  # Redis saves and exits on SIGTERM
         )
-        self._wait_ready(self._answers_ping, timeout=60)
+        try:
+            self._wait_ready(self._answers_ping, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM (Redis flushes the AOF, writes its RDB and exits); SIGKILL if stuck."""

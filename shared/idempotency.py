@@ -9,8 +9,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
-
+from shared.db.connection import Connection
 from shared.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidIdempotencyKey
 
 MAX_KEY_LENGTH = 255
@@ -55,7 +54,7 @@ def _lock_id(api_key_id: uuid.UUID, key: str) -> int:
 
 
 async def claim(
-    conn: asyncpg.Connection, api_key_id: uuid.UUID, key: str, print_: bytes
+    conn: Connection, api_key_id: uuid.UUID, key: str, print_: bytes
 ) -> StoredResponse | None:
     """Inside the request's transaction: the stored response to replay, or ``None`` when the
     work must run (the caller then calls ``store``). Raises 409 while another request holds
@@ -79,7 +78,7 @@ async def claim(
 
 
 async def store(
-    conn: asyncpg.Connection,
+    conn: Connection,
     api_key_id: uuid.UUID,
     key: str,
     print_: bytes,
@@ -108,7 +107,7 @@ async def store(
         raise IdempotencyKeyInFlight("a request with this Idempotency-Key completed concurrently")
 
 
-async def purge_expired(conn: asyncpg.Connection, batch: int = 5000) -> int:
+async def purge_expired(conn: Connection, batch: int = 5000) -> int:
     """Delete expired records, a batch at a time; returns how many went."""
     result: str = await conn.execute(
         f"""

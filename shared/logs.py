@@ -55,3 +55,7 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # ARQ logs every job start and finish at INFO, a cron tick a second included; our own
+    # job records and logs say what matters.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    logging.getLogger("arq.jobs").setLevel(logging.WARNING)

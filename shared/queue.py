@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import default_queue_name, in_progress_key_prefix
@@ -40,14 +40,15 @@ TASK_RUN_JOB = "run_job"
 def audit_drain_job_id(queue_name: str) -> str:
     return f"{queue_name}:audit-drain"
 
+
 __all__ = [
-    "audit_drain_job_id",
     "TASK_DRAIN_AUDIT",
     "TASK_RUN_JOB",
     "CronSpec",
     "Queue",
     "TaskSpec",
     "WorkerRunner",
+    "audit_drain_job_id",
     "default_queue_name",
 ]
 
@@ -112,7 +113,9 @@ class Queue:
     async def kick_audit_drain(self) -> None:
         """Make sure one ``drain_audit`` is queued (a no-op while one is queued already)."""
         await self.redis.enqueue_job(
-            TASK_DRAIN_AUDIT, _job_id=audit_drain_job_id(self.queue_name), _queue_name=self.queue_name
+            TASK_DRAIN_AUDIT,
+            _job_id=audit_drain_job_id(self.queue_name),
+            _queue_name=self.queue_name,
         )
 
     async def enqueue_run_job(self, job_id: uuid.UUID, defer_seconds: float = 0) -> bool:
@@ -175,12 +178,18 @@ class WorkerRunner:
         handle_signals: bool = True,
     ) -> None:
         functions = [
-            func(t.coroutine, name=t.name, timeout=t.timeout_seconds, keep_result=0, max_tries=1000)
+            func(
+                cast(Any, t.coroutine),
+                name=t.name,
+                timeout=t.timeout_seconds,
+                keep_result=0,
+                max_tries=1000,
+            )
             for t in tasks
         ]
         cron_jobs = [
             cron(
-                c.coroutine,
+                cast(Any, c.coroutine),
                 # the cron's job id is "<name>:<tick>": namespaced like every other id
                 name=f"{queue_name}:cron:{c.name}",
                 second=set(range(0, 60, c.every_seconds)),
@@ -201,8 +210,8 @@ class WorkerRunner:
             poll_delay=poll_delay,
             keep_result=0,
             max_tries=1000,
-            on_startup=on_startup,
-            on_shutdown=on_shutdown,
+            on_startup=cast(Any, on_startup),
+            on_shutdown=cast(Any, on_shutdown),
             burst=burst,
             handle_signals=handle_signals,
             allow_abort_jobs=True,

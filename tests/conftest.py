@@ -19,8 +19,9 @@ from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from shared.auth import service as keys_service
-from shared.db.database import Database, driver_url
+from shared.db.database import Database
 from shared.db.migrate import upgrade_async
+from shared.db.urls import driver_url
 from shared.settings import Settings, load_settings
 from tests.servers import provide_servers
 

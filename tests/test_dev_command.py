@@ -136,13 +136,20 @@ class DevCommand:
             self.process.kill()
             self.process.wait()
             pytest.fail(f"not stopped {STOP_TIMEOUT}s after SIGTERM:\n{self.transcript()}")
-        self._reader.join(10)
+        self._close()
         return code
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        # the reader ends once every holder of the pipe (dev and its children) has closed it
+        self._reader.join(10)
+        if not self._reader.is_alive() and self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture

@@ -18,7 +18,15 @@ log = logging.getLogger("stockroom.worker")
 POLL_DELAY_SECONDS = 0.01
 
 
-def build_runner(settings: Settings, *, burst: bool = False) -> WorkerRunner:
+CRONS = [
+    CronSpec("relay_outbox", tasks.relay_outbox, every_seconds=1),
+    CronSpec("purge_expired", tasks.purge_expired, every_seconds=30),
+]
+
+
+def build_runner(
+    settings: Settings, *, burst: bool = False, handle_signals: bool = True
+) -> WorkerRunner:
     database_url = settings.require_database_url()
     redis_url = settings.require_redis_url()
 
@@ -39,15 +47,15 @@ def build_runner(settings: Settings, *, burst: bool = False) -> WorkerRunner:
         redis_url=redis_url,
         queue_name=settings.queue_name,
         tasks=[TaskSpec(TASK_DRAIN_AUDIT, tasks.drain_audit, timeout_seconds=60)],
-        crons=[
-            CronSpec("relay_outbox", tasks.relay_outbox, every_seconds=1),
-            CronSpec("purge_expired", tasks.purge_expired, every_seconds=30),
-        ],
+        # A burst worker (tests, one-off drains) stops when the queue is empty; cron ticks
+        # would keep it non-empty forever.
+        crons=[] if burst else CRONS,
         max_jobs=settings.worker_concurrency,
         poll_delay=POLL_DELAY_SECONDS,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         burst=burst,
+        handle_signals=handle_signals,
     )
 
 

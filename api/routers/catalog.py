@@ -6,16 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import ConnDep, mutation, scoped
+from api.deps import ConnDep, Mutation, mutates, requires
 from shared.auth.keys import Scope
+from shared.auth.service import Principal
 from shared.catalog import service
 from shared.catalog.schemas import Product, ProductCreate, ProductPatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
 
-CatalogRead = scoped(Scope.catalog_read)
-CatalogWrite = mutation(Scope.catalog_write)
+CatalogRead = Annotated[Principal, requires(Scope.catalog_read)]
+CatalogWrite = Annotated[Mutation, mutates(Scope.catalog_write)]
 IfMatch = Annotated[
     str | None, Header(alias="If-Match", description="The ETag you read; stale → 412.")
 ]

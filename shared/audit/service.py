@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
+from shared.db.connection import Connection
 
 # One statement: claim a batch of pending audit jobs (SKIP LOCKED, so any number of workers
 # drain side by side), write their entries (the unique event id makes a re-run a no-op), and
@@ -36,14 +36,14 @@ WHERE j.id = batch.id
 """
 
 
-async def drain_batch(conn: asyncpg.Connection, batch_size: int) -> int:
+async def drain_batch(conn: Connection, batch_size: int) -> int:
     """Write up to ``batch_size`` pending audit entries; returns how many jobs completed."""
     async with conn.transaction():
         result: str = await conn.execute(_DRAIN_BATCH, batch_size)
     return int(result.split()[-1])
 
 
-async def pending_older_than(conn: asyncpg.Connection, seconds: float) -> bool:
+async def pending_older_than(conn: Connection, seconds: float) -> bool:
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'audit' AND status = 'queued'"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import asyncpg
 
@@ -16,6 +15,7 @@ from shared.auth.keys import (
     parse_token,
     secret_matches,
 )
+from shared.db.connection import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ _AUTH_SQL = (
 )
 
 
-async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Principal | None:
+async def authenticate(conn: Connection | asyncpg.Pool, token: str) -> Principal | None:
     material = parse_token(token)
     if material is None:
         return None
@@ -63,7 +63,7 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, token: str) -> P
     return Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
 
 
-async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> CreatedKey:
+async def create_key(conn: Connection, name: str, scopes: list[str]) -> CreatedKey:
     material = generate_key()
     key_id = await conn.fetchval(
         "INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
@@ -76,7 +76,7 @@ async def create_key(conn: asyncpg.Connection, name: str, scopes: list[str]) -> 
     return CreatedKey(id=key_id, name=name, scopes=scopes, key=material.token)
 
 
-async def list_keys(conn: asyncpg.Connection) -> list[KeyInfo]:
+async def list_keys(conn: Connection) -> list[KeyInfo]:
     rows = await conn.fetch(
         "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys"
         " ORDER BY created_at, id"
@@ -84,7 +84,7 @@ async def list_keys(conn: asyncpg.Connection) -> list[KeyInfo]:
     return [KeyInfo(**dict(r)) for r in rows]
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> bool:
+async def revoke_key(conn: Connection, key_id: uuid.UUID) -> bool:
     """Revoke a key; ``False`` when no live key has that id. Takes effect on the next request."""
     result: str = await conn.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
@@ -92,16 +92,12 @@ async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> bool:
     return result.endswith(" 1")
 
 
-async def ensure_dev_admin_key(conn: asyncpg.Connection, key_file: Path) -> str:
-    """The development admin key: reuse the one saved in ``key_file`` while it still
-    authenticates, otherwise create a new one and save it (mode 0600)."""
-    if key_file.exists():
-        token = key_file.read_text().strip()
-        principal = await authenticate(conn, token)
+async def ensure_dev_admin_key(conn: Connection, saved: str | None) -> str:
+    """The development admin key: ``saved`` while it still authenticates with admin scope,
+    else a new one (the caller keeps it where the next start finds it)."""
+    if saved:
+        principal = await authenticate(conn, saved)
         if principal is not None and principal.allows(Scope.admin):
-            return token
+            return saved
     created = await create_key(conn, "dev-admin", [Scope.admin.value])
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.touch(mode=0o600)
-    key_file.write_text(created.key + "\n")
     return created.key

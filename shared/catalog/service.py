@@ -10,6 +10,7 @@ from sqlalchemy.sql import Select
 
 from shared.audit.events import record_event
 from shared.catalog.schemas import Product, ProductCreate, ProductPatch, parse_etag
+from shared.db.connection import Connection
 from shared.db.database import compile_query
 from shared.db.models import Product as ProductRow
 from shared.db.models import StockLevel
@@ -17,7 +18,10 @@ from shared.db.unit_of_work import UnitOfWork
 from shared.errors import DuplicateSku, NotFound, PreconditionFailed
 from shared.pagination import Page, decode_cursor, encode_cursor
 
-_ON_HAND = "COALESCE((SELECT sum(s.quantity) FROM stock_levels s WHERE s.product_id = p.id), 0)::bigint AS on_hand"
+_ON_HAND = (
+    "COALESCE((SELECT sum(s.quantity) FROM stock_levels s WHERE s.product_id = p.id), 0)::bigint"
+    " AS on_hand"
+)
 _COLUMNS = (
     "p.id, p.sku, p.title, p.unit_price, p.category, p.reorder_point, p.description,"
     f" p.created_at, p.updated_at, p.version, {_ON_HAND}"
@@ -63,7 +67,7 @@ async def create_product(uow: UnitOfWork, data: ProductCreate) -> Product:
     return product
 
 
-async def get_product(conn: asyncpg.Connection, sku: str) -> Product:
+async def get_product(conn: Connection, sku: str) -> Product:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM products p WHERE p.sku = $1 AND p.archived_at IS NULL", sku
     )
@@ -82,7 +86,7 @@ def _check_if_match(if_match: str | None, product_id: int | None) -> int | None:
     return parsed[1]
 
 
-async def _current_id(conn: asyncpg.Connection, sku: str) -> int:
+async def _current_id(conn: Connection, sku: str) -> int:
     product_id: int | None = await conn.fetchval(
         "SELECT id FROM products WHERE sku = $1 AND archived_at IS NULL", sku
     )
@@ -185,7 +189,7 @@ def _list_query(category: str | None, q: str | None, after: str | None, limit: i
 
 
 async def list_products(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     category: str | None,
     q: str | None,

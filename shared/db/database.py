@@ -17,32 +17,23 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-from sqlalchemy.engine import make_url
 from sqlalchemy.sql import ClauseElement
 
-_DIALECT = asyncpg_dialect.dialect()
+from shared.db.connection import Connection
+from shared.db.urls import driver_url
 
-
-def sqlalchemy_url(url: str) -> str:
-    """The ``postgresql+asyncpg://`` form of a PostgreSQL URL."""
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
-def driver_url(url: str) -> str:
-    """The plain ``postgresql://`` form that asyncpg and libpq accept."""
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+_DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 def compile_query(stmt: ClauseElement) -> tuple[str, Sequence[Any]]:
     """SQL text with ``$n`` placeholders and its arguments, for a SQLAlchemy Core statement."""
     compiled = stmt.compile(dialect=_DIALECT)
     params = compiled.params
-    return compiled.string, [params[name] for name in compiled.positiontup or ()]
+    order: list[str] = getattr(compiled, "positiontup", None) or []
+    return compiled.string, [params[name] for name in order]
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -70,7 +61,7 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A pooled connection inside one transaction: commit on success, rollback on error."""
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from shared.db.database import driver_url
+from shared.db.urls import driver_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

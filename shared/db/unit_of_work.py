@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-import asyncpg
+from shared.db.connection import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class NewJob:
 
 @dataclass(slots=True)
 class UnitOfWork:
-    conn: asyncpg.Connection
+    conn: Connection
     actor: Actor
     job_max_tries: int = 5
     new_jobs: list[NewJob] = field(default_factory=list)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import uuid
-
-import asyncpg
 from typing import Any, Protocol
 
+from shared.db.connection import Connection
 from shared.db.unit_of_work import NewJob, UnitOfWork
 from shared.jobs.kinds import JobKind
 
@@ -38,17 +37,15 @@ async def create_job(
     return job_id
 
 
-async def mark_enqueued(conn: asyncpg.Connection, job_ids: list[uuid.UUID]) -> None:
-    await conn.execute(
-        "UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1::uuid[])", job_ids
-    )
+async def mark_enqueued(conn: Connection, job_ids: list[uuid.UUID]) -> None:
+    await conn.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1::uuid[])", job_ids)
 
 
 class _Enqueuer(Protocol):
     async def enqueue_run_job(self, job_id: uuid.UUID, defer_seconds: float = 0) -> bool: ...
 
 
-async def relay_pending(conn: asyncpg.Connection, queue: _Enqueuer, batch: int = 500) -> int:
+async def relay_pending(conn: Connection, queue: _Enqueuer, batch: int = 500) -> int:
     """Re-send queued jobs the queue may not have: never handed over (older than 2 s, so the
     request that wrote them had its chance), or handed over long ago and never started
     (Redis lost them). Re-sending is safe: the queue drops a job id it already holds, and a

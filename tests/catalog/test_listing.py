@@ -53,11 +53,15 @@ async def test_pagination_is_stable_under_inserts(
     first = (await client.get(f"{PRODUCTS}?limit=5", headers=admin)).json()
     # rows inserted before the cursor position must not shift later pages
     await seed(db, [("SKU-001", "x", None), ("SKU-003", "x", None)])
-    second = (await client.get(f"{PRODUCTS}?limit=5&cursor={first['next_cursor']}", headers=admin)).json()
+    second = (
+        await client.get(f"{PRODUCTS}?limit=5&cursor={first['next_cursor']}", headers=admin)
+    ).json()
     assert [p["sku"] for p in second["items"]] == [f"SKU-{i:03d}" for i in range(10, 20, 2)]
 
 
-async def test_category_filter(client: httpx.AsyncClient, admin: dict[str, str], db: Database) -> None:
+async def test_category_filter(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
     await seed(db, [("AAA-1", "a", "tools"), ("BBB-1", "b", "food"), ("CCC-1", "c", "tools")])
     r = await client.get(f"{PRODUCTS}?category=tools", headers=admin)
     assert [p["sku"] for p in r.json()["items"]] == ["AAA-1", "CCC-1"]

@@ -42,8 +42,17 @@ async def test_create_returns_product_location_and_etag(
     assert body["category"] == "tools" and body["reorder_point"] == 5
     assert body["created_at"].endswith("Z") or body["created_at"].endswith("+00:00")
     assert set(body) == {
-        "id", "sku", "title", "unit_price", "category", "reorder_point", "description",
-        "on_hand", "created_at", "updated_at", "version",
+        "id",
+        "sku",
+        "title",
+        "unit_price",
+        "category",
+        "reorder_point",
+        "description",
+        "on_hand",
+        "created_at",
+        "updated_at",
+        "version",
     }
     assert r.headers["location"] == f"{PRODUCTS}/AB-1"
     assert r.headers["etag"] == f'"{body["id"]}.1"'
@@ -190,7 +199,10 @@ async def test_patch_is_partial_and_bumps_version(
     assert body["version"] == 2
     assert body["updated_at"] > created["updated_at"]
     assert r.headers["etag"] == f'"{created["id"]}.2"'
-    assert await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.updated'") == 1
+    assert (
+        await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.updated'")
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -233,7 +245,7 @@ async def test_patch_with_if_match(
     )
     assert stale.status_code == 412
     assert stale.json()["type"].endswith("/precondition-failed")
-    for bad in ('"garbage"', "W/\"999.2\"", "2"):
+    for bad in ('"garbage"', 'W/"999.2"', "2"):
         r = await client.patch(
             f"{PRODUCTS}/WIDGET-1", json={"title": "x"}, headers={**admin, "If-Match": bad}
         )
@@ -267,7 +279,10 @@ async def test_etag_race_exactly_one_wins(
     final = (await client.get(f"{PRODUCTS}/WIDGET-1", headers=admin)).json()
     winner = next(r for r in results if r.status_code == 200).json()
     assert final["title"] == winner["title"] and final["version"] == 2
-    assert await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.updated'") == 1
+    assert (
+        await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.updated'")
+        == 1
+    )
 
 
 async def test_delete_archives(
@@ -281,12 +296,17 @@ async def test_delete_archives(
     listed = (await client.get(PRODUCTS, headers=admin)).json()
     assert [p["sku"] for p in listed["items"]] == ["KEEP-1"]
     assert (await client.delete(f"{PRODUCTS}/WIDGET-1", headers=admin)).status_code == 404
-    assert (await client.patch(f"{PRODUCTS}/WIDGET-1", json={"title": "x"}, headers=admin)).status_code == 404
+    assert (
+        await client.patch(f"{PRODUCTS}/WIDGET-1", json={"title": "x"}, headers=admin)
+    ).status_code == 404
     # history is kept: the row is archived, not deleted; the SKU stays taken
     assert await count(db, "SELECT count(*) FROM products WHERE archived_at IS NOT NULL") == 1
     r = await client.post(PRODUCTS, json=product(), headers=admin)
     assert r.status_code == 409
-    assert await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.archived'") == 1
+    assert (
+        await count(db, "SELECT count(*) FROM jobs WHERE payload->>'action' = 'product.archived'")
+        == 1
+    )
 
 
 async def test_delete_with_stale_if_match(client: httpx.AsyncClient, admin: dict[str, str]) -> None:

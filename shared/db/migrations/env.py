@@ -8,8 +8,8 @@ from alembic import context
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.db.database import sqlalchemy_url
 from shared.db.models import Base
+from shared.db.urls import sqlalchemy_url
 
 MIGRATION_LOCK_ID = 0x53544F434B  # "STOCK"
 

@@ -203,7 +203,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint(
-            "reason IN ('restock', 'count', 'damage', 'pick', 'return', 'correction', 'transfer_in', 'transfer_out')",
+            "reason IN ('restock', 'count', 'damage', 'pick', 'return', 'correction',"
+            " 'transfer_in', 'transfer_out')",
             name=op.f("ck_movements_reason_known"),
         ),
         sa.CheckConstraint("delta <> 0", name=op.f("ck_movements_delta_non_zero")),
