@@ -12,7 +12,7 @@ from starlette.responses import Response
 from api import problems
 from api.deps import AppState, ReplayStored, replay_response
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api.routers import catalog, health
+from api.routers import catalog, health, inventory
 from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(catalog.router, prefix=API_PREFIX)
+    app.include_router(inventory.router, prefix=API_PREFIX)
 
     if settings.allowed_origins:
         app.add_middleware(

@@ -6,9 +6,22 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.db.unit_of_work import UnitOfWork
+from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
+
+
+def event_payload(
+    actor: Actor, action: str, subject: str, skus: list[str], payload: dict[str, Any]
+) -> dict[str, Any]:
+    """The audit job's payload; ``shared.audit.service`` reads these fields back."""
+    return {
+        "action": action,
+        "subject": subject,
+        "skus": skus,
+        "payload": payload,
+        "actor": {"key_id": str(actor.key_id) if actor.key_id else None, "name": actor.key_name},
+    }
 
 
 async def record_event(
@@ -18,19 +31,9 @@ async def record_event(
     skus: list[str],
     payload: dict[str, Any],
 ) -> uuid.UUID:
-    actor = uow.actor
     return await create_job(
         uow,
         JobKind.audit,
-        {
-            "action": action,
-            "subject": subject,
-            "skus": skus,
-            "payload": payload,
-            "actor": {
-                "key_id": str(actor.key_id) if actor.key_id else None,
-                "name": actor.key_name,
-            },
-        },
+        event_payload(uow.actor, action, subject, skus, payload),
         uow.job_max_tries,
     )

@@ -1,0 +1,1 @@
+"""Inventory: locations, stock levels, the movement ledger."""

@@ -1,0 +1,451 @@
+"""Inventory services. All SQL for locations, stock levels and the ledger lives here.
+
+Every change is a conditional, set-based statement: increments are ``INSERT … ON CONFLICT DO
+UPDATE SET quantity = quantity + …``, decrements are ``UPDATE … WHERE quantity >= n`` (the
+``CHECK (quantity >= 0)`` backs them up), and the ledger row is written by the same statement
+through a data-modifying CTE. Nothing is read into Python and written back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy import select
+
+from shared.audit.events import record_event
+from shared.db.connection import Connection
+from shared.db.database import compile_query
+from shared.db.models import Location as LocationRow
+from shared.db.models import Movement as MovementRow
+from shared.db.models import Product as ProductRow
+from shared.db.unit_of_work import UnitOfWork
+from shared.errors import (
+    DuplicateLocation,
+    InsufficientStock,
+    NotFound,
+    ProductArchived,
+    UnprocessableReference,
+)
+from shared.inventory.schemas import (
+    Adjustment,
+    AdjustmentResult,
+    BatchResult,
+    InventoryView,
+    JobLink,
+    LevelView,
+    Location,
+    LocationCreate,
+    LowStockItem,
+    Movement,
+    MovementFilter,
+    RestockBatch,
+    RestockLine,
+    RestockResult,
+    StockLevel,
+    Transfer,
+    TransferResult,
+)
+from shared.pagination import Page, decode_cursor, encode_cursor
+
+# --- locations -------------------------------------------------------------------------------
+
+
+async def create_location(uow: UnitOfWork, data: LocationCreate) -> Location:
+    row = await uow.conn.fetchrow(
+        "INSERT INTO locations (code, name) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING"
+        " RETURNING id, code, name, created_at",
+        data.code,
+        data.name,
+    )
+    if row is None:
+        raise DuplicateLocation(f"a location with code {data.code} already exists")
+    await record_event(
+        uow, "location.created", f"location:{data.code}", [], data.model_dump(mode="json")
+    )
+    return Location.model_validate(dict(row))
+
+
+async def list_locations(conn: Connection, *, limit: int, cursor: str | None) -> Page[Location]:
+    after = decode_cursor("locations", cursor, (str,))[0] if cursor else ""
+    rows = await conn.fetch(
+        "SELECT id, code, name, created_at FROM locations WHERE code > $1 ORDER BY code LIMIT $2",
+        after,
+        limit + 1,
+    )
+    items = [Location.model_validate(dict(r)) for r in rows[:limit]]
+    more = len(rows) > limit
+    return Page[Location](
+        items=items, next_cursor=encode_cursor("locations", [items[-1].code]) if more else None
+    )
+
+
+# --- resolving references ----------------------------------------------------------------------
+
+
+async def _resolve(
+    conn: Connection, refs: Sequence[tuple[str, str]], loc_prefix: list[str | int]
+) -> list[tuple[int, int]]:
+    """``(product_id, location_id)`` for each ``(sku, location_code)``: 422 for an unknown
+    SKU or location, 409 for an archived product."""
+    rows = await conn.fetch(
+        """
+        SELECT t.ord, p.id AS product_id, p.archived_at IS NOT NULL AS archived,
+               l.id AS location_id
+        FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(sku, code, ord)
+        LEFT JOIN products p ON p.sku = t.sku
+        LEFT JOIN locations l ON l.code = t.code
+        ORDER BY t.ord
+        """,
+        [sku for sku, _ in refs],
+        [code for _, code in refs],
+    )
+    resolved = []
+    for (sku, code), row in zip(refs, rows, strict=True):
+        index: list[str | int] = [*loc_prefix, int(row["ord"]) - 1] if len(refs) > 1 else loc_prefix
+        if row["product_id"] is None:
+            raise UnprocessableReference(f"unknown SKU {sku}", [*index, "sku"])
+        if row["archived"]:
+            raise ProductArchived(f"product {sku} is archived; its stock cannot change")
+        if row["location_id"] is None:
+            raise UnprocessableReference(f"unknown location {code}", [*index, "location_code"])
+        resolved.append((int(row["product_id"]), int(row["location_id"])))
+    return resolved
+
+
+# --- restock -----------------------------------------------------------------------------------
+
+# One statement: resolve, upsert the level, append the ledger row. The CTEs see no row when
+# the SKU or location is unknown (or the product archived): the caller then says which.
+_RESTOCK = """
+WITH target AS (
+    SELECT p.id AS product_id, l.id AS location_id
+    FROM products p, locations l
+    WHERE p.sku = $1 AND p.archived_at IS NULL AND l.code = $2
+), level AS (
+    INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
+    SELECT product_id, location_id, $3, now() FROM target
+    ON CONFLICT (product_id, location_id)
+    DO UPDATE SET quantity = s.quantity + excluded.quantity, updated_at = excluded.updated_at
+    RETURNING product_id, location_id, quantity, updated_at
+), movement AS (
+    INSERT INTO movements
+        (product_id, location_id, delta, reason, reference, note, actor_key_id, request_id)
+    SELECT product_id, location_id, $3, 'restock', $4, $5, $6, $7 FROM level
+    RETURNING id, created_at
+)
+SELECT movement.id, movement.created_at, level.quantity, level.updated_at
+FROM level, movement
+"""
+
+
+async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
+    row = await uow.conn.fetchrow(
+        _RESTOCK,
+        line.sku,
+        line.location_code,
+        line.quantity,
+        line.reference,
+        line.note,
+        uow.actor.key_id,
+        uow.actor.request_id,
+    )
+    if row is None:
+        await _resolve(uow.conn, [(line.sku, line.location_code)], ["body"])
+        raise AssertionError("restock wrote nothing for a resolvable reference")  # unreachable
+    job_id = await record_event(
+        uow,
+        "inventory.restocked",
+        f"product:{line.sku}",
+        [line.sku],
+        {**line.model_dump(mode="json"), "movement_id": row["id"]},
+    )
+    return RestockResult(
+        movement=Movement(
+            id=row["id"],
+            sku=line.sku,
+            location_code=line.location_code,
+            delta=line.quantity,
+            reason="restock",
+            reference=line.reference,
+            created_at=row["created_at"],
+        ),
+        stock=StockLevel(
+            sku=line.sku,
+            location_code=line.location_code,
+            quantity=row["quantity"],
+            updated_at=row["updated_at"],
+        ),
+        audit_job=JobLink.for_job(job_id),
+    )
+
+
+# Increments for many (product, location) pairs, locked in key order so that concurrent
+# batches and transfers cannot deadlock.
+_INCREMENT_LEVELS = """
+INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
+SELECT product_id, location_id, sum(qty), now()
+FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS t(product_id, location_id, qty)
+GROUP BY product_id, location_id
+ORDER BY product_id, location_id
+ON CONFLICT (product_id, location_id)
+DO UPDATE SET quantity = s.quantity + excluded.quantity, updated_at = excluded.updated_at
+RETURNING product_id, location_id, quantity, updated_at
+"""
+
+_APPEND_MOVEMENTS = """
+INSERT INTO movements
+    (product_id, location_id, delta, reason, reference, note, actor_key_id, request_id)
+SELECT product_id, location_id, delta, reason, reference, note, $7, $8
+FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+    WITH ORDINALITY AS t(product_id, location_id, delta, reason, reference, note, ord)
+ORDER BY ord
+RETURNING id, product_id, location_id, delta, reason, reference, created_at
+"""
+
+
+async def _append_movements(
+    uow: UnitOfWork,
+    keys: Sequence[tuple[int, int]],
+    deltas: Sequence[int],
+    reasons: Sequence[str],
+    references: Sequence[str | None],
+    notes: Sequence[str | None],
+) -> list[asyncpg.Record]:
+    return list(
+        await uow.conn.fetch(
+            _APPEND_MOVEMENTS,
+            [p for p, _ in keys],
+            [loc for _, loc in keys],
+            list(deltas),
+            list(reasons),
+            list(references),
+            list(notes),
+            uow.actor.key_id,
+            uow.actor.request_id,
+        )
+    )
+
+
+async def restock_batch(uow: UnitOfWork, batch: RestockBatch) -> BatchResult:
+    refs = [(line.sku, line.location_code) for line in batch.lines]
+    keys = await _resolve(uow.conn, refs, ["body", "lines"])
+    levels = await uow.conn.fetch(
+        _INCREMENT_LEVELS,
+        [p for p, _ in keys],
+        [loc for _, loc in keys],
+        [line.quantity for line in batch.lines],
+    )
+    moved = await _append_movements(
+        uow,
+        keys,
+        [line.quantity for line in batch.lines],
+        ["restock"] * len(keys),
+        [line.reference or batch.reference for line in batch.lines],
+        [line.note for line in batch.lines],
+    )
+    names = {key: ref for key, ref in zip(keys, refs, strict=True)}
+    skus = sorted({sku for sku, _ in refs})
+    job_id = await record_event(
+        uow,
+        "inventory.restocked_batch",
+        f"batch:{batch.reference or moved[0]['id']}",
+        skus,
+        {
+            "reference": batch.reference,
+            "lines": [line.model_dump(mode="json") for line in batch.lines],
+            "movement_ids": [m["id"] for m in moved],
+        },
+    )
+    return BatchResult(
+        movements=[_movement(m, names) for m in moved],
+        stock=[_level(level, names) for level in levels],
+        audit_job=JobLink.for_job(job_id),
+    )
+
+
+def _movement(row: asyncpg.Record, names: dict[tuple[int, int], tuple[str, str]]) -> Movement:
+    sku, code = names[(row["product_id"], row["location_id"])]
+    return Movement(
+        id=row["id"],
+        sku=sku,
+        location_code=code,
+        delta=row["delta"],
+        reason=row["reason"],
+        reference=row["reference"],
+        created_at=row["created_at"],
+    )
+
+
+def _level(row: asyncpg.Record, names: dict[tuple[int, int], tuple[str, str]]) -> StockLevel:
+    sku, code = names[(row["product_id"], row["location_id"])]
+    return StockLevel(
+        sku=sku, location_code=code, quantity=row["quantity"], updated_at=row["updated_at"]
+    )
+
+
+# --- adjustments and transfers -------------------------------------------------------------
+
+_DECREMENT_LEVEL = """
+UPDATE stock_levels SET quantity = quantity - $3, updated_at = now()
+WHERE product_id = $1 AND location_id = $2 AND quantity >= $3
+RETURNING product_id, location_id, quantity, updated_at
+"""
+
+
+async def _decrement(uow: UnitOfWork, key: tuple[int, int], amount: int, what: str) -> Any:
+    row = await uow.conn.fetchrow(_DECREMENT_LEVEL, key[0], key[1], amount)
+    if row is None:
+        available = await uow.conn.fetchval(
+            "SELECT quantity FROM stock_levels WHERE product_id = $1 AND location_id = $2",
+            key[0],
+            key[1],
+        )
+        raise InsufficientStock(
+            f"{what}: {available or 0} available, {amount} requested",
+            available=int(available or 0),
+            requested=amount,
+        )
+    return row
+
+
+async def adjust(uow: UnitOfWork, adj: Adjustment) -> AdjustmentResult:
+    ref = (adj.sku, adj.location_code)
+    (key,) = await _resolve(uow.conn, [ref], ["body"])
+    names = {key: ref}
+    if adj.delta > 0:
+        level = (await uow.conn.fetch(_INCREMENT_LEVELS, [key[0]], [key[1]], [adj.delta]))[0]
+    else:
+        level = await _decrement(
+            uow, key, -adj.delta, f"{adj.sku} at {adj.location_code} cannot go below zero"
+        )
+    (moved,) = await _append_movements(uow, [key], [adj.delta], [adj.reason], [None], [adj.note])
+    job_id = await record_event(
+        uow,
+        "inventory.adjusted",
+        f"product:{adj.sku}",
+        [adj.sku],
+        {**adj.model_dump(mode="json"), "movement_id": moved["id"]},
+    )
+    return AdjustmentResult(
+        movement=_movement(moved, names),
+        stock=_level(level, names),
+        audit_job=JobLink.for_job(job_id),
+    )
+
+
+async def transfer(uow: UnitOfWork, t: Transfer) -> TransferResult:
+    refs = [(t.sku, t.from_location), (t.sku, t.to_location)]
+    source, target = await _resolve(uow.conn, refs, ["body"])
+    names = {source: refs[0], target: refs[1]}
+    # Lock both levels in key order (as batches do) before changing either.
+    await uow.conn.execute(
+        "SELECT 1 FROM stock_levels WHERE product_id = $1 AND location_id = ANY($2::int[])"
+        " ORDER BY location_id FOR UPDATE",
+        source[0],
+        [source[1], target[1]],
+    )
+    out_level = await _decrement(
+        uow, source, t.quantity, f"{t.sku} at {t.from_location} cannot go below zero"
+    )
+    (in_level,) = await uow.conn.fetch(_INCREMENT_LEVELS, [target[0]], [target[1]], [t.quantity])
+    moved = await _append_movements(
+        uow,
+        [source, target],
+        [-t.quantity, t.quantity],
+        ["transfer_out", "transfer_in"],
+        [None, None],
+        [None, None],
+    )
+    job_id = await record_event(
+        uow,
+        "inventory.transferred",
+        f"product:{t.sku}",
+        [t.sku],
+        {**t.model_dump(mode="json"), "movement_ids": [m["id"] for m in moved]},
+    )
+    return TransferResult(
+        movements=[_movement(m, names) for m in moved],
+        stock=[_level(out_level, names), _level(in_level, names)],
+        audit_job=JobLink.for_job(job_id),
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+async def inventory_of(conn: Connection, sku: str) -> InventoryView:
+    product_id = await conn.fetchval(
+        "SELECT id FROM products WHERE sku = $1 AND archived_at IS NULL", sku
+    )
+    if product_id is None:
+        raise NotFound(f"no product with SKU {sku}")
+    rows = await conn.fetch(
+        "SELECT l.code AS location_code, s.quantity, s.updated_at"
+        " FROM stock_levels s JOIN locations l ON l.id = s.location_id"
+        " WHERE s.product_id = $1 ORDER BY l.code",
+        product_id,
+    )
+    levels = [LevelView.model_validate(dict(r)) for r in rows]
+    return InventoryView(sku=sku, on_hand=sum(lv.quantity for lv in levels), levels=levels)
+
+
+async def list_movements(
+    conn: Connection, filters: MovementFilter, *, limit: int, cursor: str | None
+) -> Page[Movement]:
+    after = decode_cursor("movements", cursor, (int,))[0] if cursor else 0
+    m = MovementRow.__table__.alias("m")
+    p = ProductRow.__table__.alias("p")
+    loc = LocationRow.__table__.alias("l")
+    stmt = (
+        select(
+            m.c.id,
+            p.c.sku,
+            loc.c.code.label("location_code"),
+            m.c.delta,
+            m.c.reason,
+            m.c.reference,
+            m.c.created_at,
+        )
+        .select_from(m.join(p, p.c.id == m.c.product_id).join(loc, loc.c.id == m.c.location_id))
+        .where(m.c.id > after)
+    )
+    if filters.sku is not None:
+        stmt = stmt.where(p.c.sku == filters.sku)
+    if filters.location_code is not None:
+        stmt = stmt.where(loc.c.code == filters.location_code)
+    if filters.since is not None:
+        stmt = stmt.where(m.c.created_at >= filters.since)
+    if filters.until is not None:
+        stmt = stmt.where(m.c.created_at < filters.until)
+    sql, args = compile_query(stmt.order_by(m.c.id).limit(limit + 1))
+    rows = await conn.fetch(sql, *args)
+    items = [Movement.model_validate(dict(r)) for r in rows[:limit]]
+    more = len(rows) > limit
+    return Page[Movement](
+        items=items, next_cursor=encode_cursor("movements", [items[-1].id]) if more else None
+    )
+
+
+async def low_stock(conn: Connection, *, limit: int, cursor: str | None) -> Page[LowStockItem]:
+    after = decode_cursor("low-stock", cursor, (str,))[0] if cursor else ""
+    rows = await conn.fetch(
+        """
+        SELECT p.sku, p.title, p.category, p.reorder_point, coalesce(s.on_hand, 0) AS on_hand
+        FROM products p
+        LEFT JOIN LATERAL (
+            SELECT sum(quantity)::bigint AS on_hand FROM stock_levels WHERE product_id = p.id
+        ) s ON true
+        WHERE p.archived_at IS NULL AND p.sku > $1
+          AND coalesce(s.on_hand, 0) <= p.reorder_point
+        ORDER BY p.sku
+        LIMIT $2
+        """,
+        after,
+        limit + 1,
+    )
+    items = [LowStockItem.model_validate(dict(r)) for r in rows[:limit]]
+    more = len(rows) > limit
+    return Page[LowStockItem](
+        items=items, next_cursor=encode_cursor("low-stock", [items[-1].sku]) if more else None
+    )
