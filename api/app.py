@@ -11,8 +11,10 @@ from starlette.responses import Response
 
 from api import problems
 from api.deps import AppState, ReplayStored, replay_response
+from api.metrics import MetricsMiddleware
+from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api.routers import catalog, health, inventory
+from api.routers import catalog, health, inventory, jobs, ops
 from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
@@ -57,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(inventory.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(ops.router, prefix=API_PREFIX)
+    app.include_router(metrics_router)
 
     if settings.allowed_origins:
         app.add_middleware(
@@ -81,4 +86,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)
     return app

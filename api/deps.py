@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from api.problems import MEDIA_TYPE, domain_problem
-from shared import idempotency
+from shared import idempotency, metrics
 from shared.auth.service import Principal, authenticate
 from shared.db.connection import Connection
 from shared.db.database import Database
@@ -194,7 +194,12 @@ class MutationScope:
         async with state.db.pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
-            uow = UnitOfWork(conn, actor, job_max_tries=state.settings.job_max_tries)
+            uow = UnitOfWork(
+                conn,
+                actor,
+                job_max_tries=state.settings.job_max_tries,
+                webhooks_enabled=state.settings.webhook_url is not None,
+            )
             stored = None
             if key is not None:
                 try:
@@ -213,6 +218,8 @@ class MutationScope:
                     await _store_failure(state, principal, key, print_, exc)
                 raise
             await transaction.commit()
+        for job in uow.new_jobs:
+            metrics.JOBS_ENQUEUED.labels(job.kind).inc()
         if uow.new_jobs:
             handed = await state.queue.dispatch(uow.new_jobs)
             if handed:

@@ -11,6 +11,8 @@ stay in the outbox and the worker's relay cron hands them over once it is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 import uuid
@@ -21,9 +23,10 @@ from typing import Any, cast
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import default_queue_name, in_progress_key_prefix
 from arq.cron import cron
-from arq.jobs import Job as ArqJob
 from arq.worker import Retry, Worker, func
 from redis.asyncio import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.db.unit_of_work import NewJob
 from shared.jobs.kinds import JobKind
@@ -103,7 +106,7 @@ class Queue:
                 await self.kick_audit_drain()
             for job in jobs:
                 if job.kind != JobKind.audit:
-                    await self.enqueue_run_job(job.id)
+                    await self.enqueue_run_job(job.id, 0)
                     handed.append(job.id)
         except Exception as exc:
             self._down_until = time.monotonic() + self.BACKOFF_SECONDS
@@ -118,19 +121,37 @@ class Queue:
             _queue_name=self.queue_name,
         )
 
-    async def enqueue_run_job(self, job_id: uuid.UUID, defer_seconds: float = 0) -> bool:
+    async def enqueue_run_job(
+        self, job_id: uuid.UUID, generation: int, defer_seconds: float = 0
+    ) -> bool:
+        """Hand over one generation of a job; ``False`` when the queue already holds it."""
         job = await self.redis.enqueue_job(
             TASK_RUN_JOB,
             str(job_id),
-            _job_id=str(job_id),
+            generation,
+            _job_id=f"{job_id}:{generation}",
             _queue_name=self.queue_name,
             _defer_by=defer_seconds or None,
         )
         return job is not None
 
-    async def abort(self, job_id: uuid.UUID) -> None:
-        """Ask a running ``run_job`` to stop (queued ones are skipped by their status)."""
-        await ArqJob(str(job_id), self.redis, _queue_name=self.queue_name).abort(timeout=0)
+    def _worker_key(self, worker_id: str) -> str:
+        return f"stockroom:{self.queue_name}:worker:{worker_id}"
+
+    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_seconds: int) -> None:
+        """One key per worker process, expiring unless renewed: replicas never overwrite
+        each other (ARQ keeps a single health-check key per queue)."""
+        await self.redis.set(self._worker_key(worker_id), json.dumps(info), ex=ttl_seconds)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self.redis.delete(self._worker_key(worker_id))
+
+    async def live_workers(self) -> list[dict[str, Any]]:
+        keys = [k async for k in self.redis.scan_iter(match=self._worker_key("*"), count=1000)]
+        if not keys:
+            return []
+        values = await self.redis.mget(keys)
+        return [json.loads(v) for v in values if v]
 
     async def depth(self) -> tuple[int, int]:
         """``(ready, deferred)``: jobs in the queue due now and due later."""
@@ -161,7 +182,13 @@ class CronSpec:
 
 
 class WorkerRunner:
-    """An ARQ worker built from our task table; ``run()`` blocks and handles SIGINT/SIGTERM."""
+    """An ARQ worker built from our task table; ``run()`` blocks and handles SIGINT/SIGTERM.
+
+    ARQ's worker exits when Redis goes away mid-poll; ours starts a new one after a pause
+    (the database pool and heartbeat go through ``on_shutdown``/``on_startup`` again), so a
+    Redis outage needs no process supervisor to recover from."""
+
+    RESTART_DELAY_SECONDS = 1.0
 
     def __init__(
         self,
@@ -176,7 +203,9 @@ class WorkerRunner:
         on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
         burst: bool = False,
         handle_signals: bool = True,
+        shutdown_grace_seconds: int = 20,
     ) -> None:
+        self._on_shutdown = on_shutdown
         functions = [
             func(
                 cast(Any, t.coroutine),
@@ -201,27 +230,41 @@ class WorkerRunner:
             )
             for c in crons
         ]
-        self.worker = Worker(
-            functions,
-            cron_jobs=cron_jobs,
-            queue_name=queue_name,
-            redis_settings=redis_settings(redis_url),
-            max_jobs=max_jobs,
-            poll_delay=poll_delay,
-            keep_result=0,
-            max_tries=1000,
-            on_startup=cast(Any, on_startup),
-            on_shutdown=cast(Any, on_shutdown),
-            burst=burst,
-            handle_signals=handle_signals,
-            allow_abort_jobs=True,
-            health_check_interval=30,
-            # SIGTERM: wait this long for running jobs before cancelling them.
-            job_completion_wait=20,
-        )
+        self._options: dict[str, Any] = {
+            "functions": functions,
+            "cron_jobs": cron_jobs,
+            "queue_name": queue_name,
+            "redis_settings": redis_settings(redis_url),
+            "max_jobs": max_jobs,
+            "poll_delay": poll_delay,
+            "keep_result": 0,
+            "max_tries": 1000,
+            "on_startup": cast(Any, on_startup),
+            "on_shutdown": cast(Any, on_shutdown),
+            "burst": burst,
+            "handle_signals": handle_signals,
+            "allow_abort_jobs": False,
+            "health_check_interval": 30,
+            # SIGTERM: stop taking jobs, let running ones finish for this long, then cancel
+            # them (our run_job hands a cancelled job back without counting the attempt).
+            "job_completion_wait": shutdown_grace_seconds,
+        }
+        self.worker = self._new_worker()
+
+    def _new_worker(self) -> Worker:
+        return Worker(**self._options)
 
     def run(self) -> None:
-        self.worker.run()
+        while True:
+            try:
+                self.worker.run()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.error("worker lost Redis (%s); starting again", exc)
+                with contextlib.suppress(Exception):
+                    self.worker.loop.run_until_complete(self._on_shutdown(self.worker.ctx))
+                time.sleep(self.RESTART_DELAY_SECONDS)
+                self.worker = self._new_worker()
 
     async def run_async(self) -> None:
         await self.worker.async_run()

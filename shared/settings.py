@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: str | None = None
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    worker_shutdown_grace_seconds: int = Field(default=20, ge=0, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=500)
     report_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     report_retention_hours: int = Field(default=24 * 7, ge=1)

@@ -33,6 +33,7 @@ TABLES = (
     "idempotency_keys",
     "jobs",
     "audit_entries",
+    "webhook_deliveries",
 )
 
 

@@ -1,4 +1,5 @@
-"""What a worker process holds: settings, the database pool, the queue, its identity."""
+"""What a worker process holds: settings, the database pool, the queue, an HTTP client, its
+identity and counters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import httpx
 
 from shared.db.database import Database
 from shared.queue import Queue
@@ -18,10 +21,27 @@ class WorkerContext:
     settings: Settings
     db: Database
     queue: Queue
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    http: httpx.AsyncClient
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.worker_id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at.isoformat(),
+            "last_heartbeat": datetime.now(UTC).isoformat(),
+            "jobs_running": self.jobs_running,
+            "jobs_done": self.jobs_done,
+        }
 
 
 def context_of(ctx: dict[str, Any]) -> WorkerContext:

@@ -7,6 +7,7 @@ from typing import Any
 
 from shared import idempotency
 from shared.audit import service as audit
+from shared.jobs import service as jobs
 from shared.jobs.outbox import relay_pending
 from worker.context import context_of
 
@@ -25,16 +26,19 @@ async def drain_audit(ctx: dict[str, Any]) -> int:
             total += done
             if done < AUDIT_BATCH:
                 break
-    state.jobs_done += 1
     if total:
         log.info("audit entries written", extra={"count": total})
     return total
 
 
 async def relay_outbox(ctx: dict[str, Any]) -> None:
-    """Hand over what the API could not (Redis was down, or the process died after commit)."""
+    """Hand over what the API could not (Redis was down, or the process died after commit),
+    and return to the queue the jobs of workers that stopped renewing their lease."""
     state = context_of(ctx)
     async with state.db.pool.acquire() as conn:
+        reclaimed = await jobs.reclaim_expired(conn)
+        if reclaimed:
+            log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
         if await audit.pending_older_than(conn, 1.0):
             await state.queue.kick_audit_drain()
         await relay_pending(conn, state.queue)

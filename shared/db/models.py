@@ -215,6 +215,28 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker_id: Mapped[str | None] = mapped_column(Text)
+    # Bumped each time the job is handed to the queue anew (retry, reclaim after a lost
+    # lease, hand-back on shutdown): the queue's job id is "<id>:<generation>", so a new
+    # hand-over never collides with a stale copy the queue still holds.
+    generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+
+class WebhookDelivery(Base):
+    """One row per delivery attempt of a webhook job."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_job_id", "job_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _now()
 
 
 class AuditEntry(Base):

@@ -33,4 +33,5 @@ class UnitOfWork:
     conn: Connection
     actor: Actor
     job_max_tries: int = 5
+    webhooks_enabled: bool = False
     new_jobs: list[NewJob] = field(default_factory=list)

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import select
 
+from shared.alerts.low_stock import check_crossing
 from shared.audit.events import record_event
 from shared.db.connection import Connection
 from shared.db.database import compile_query
@@ -83,11 +84,15 @@ async def list_locations(conn: Connection, *, limit: int, cursor: str | None) ->
 # --- resolving references ----------------------------------------------------------------------
 
 
+Loc = list[str | int]
+
+
 async def _resolve(
-    conn: Connection, refs: Sequence[tuple[str, str]], loc_prefix: list[str | int]
+    conn: Connection, refs: Sequence[tuple[str, str]], fields: Sequence[tuple[Loc, Loc]]
 ) -> list[tuple[int, int]]:
     """``(product_id, location_id)`` for each ``(sku, location_code)``: 422 for an unknown
-    SKU or location, 409 for an archived product."""
+    SKU or location, naming the request field (``fields[i]`` holds the ``loc`` of the i-th
+    reference's SKU and location code), 409 for an archived product."""
     rows = await conn.fetch(
         """
         SELECT t.ord, p.id AS product_id, p.archived_at IS NOT NULL AS archived,
@@ -101,16 +106,18 @@ async def _resolve(
         [code for _, code in refs],
     )
     resolved = []
-    for (sku, code), row in zip(refs, rows, strict=True):
-        index: list[str | int] = [*loc_prefix, int(row["ord"]) - 1] if len(refs) > 1 else loc_prefix
+    for (sku, code), (sku_loc, code_loc), row in zip(refs, fields, rows, strict=True):
         if row["product_id"] is None:
-            raise UnprocessableReference(f"unknown SKU {sku}", [*index, "sku"])
+            raise UnprocessableReference(f"unknown SKU {sku}", sku_loc)
         if row["archived"]:
             raise ProductArchived(f"product {sku} is archived; its stock cannot change")
         if row["location_id"] is None:
-            raise UnprocessableReference(f"unknown location {code}", [*index, "location_code"])
+            raise UnprocessableReference(f"unknown location {code}", code_loc)
         resolved.append((int(row["product_id"]), int(row["location_id"])))
     return resolved
+
+
+_LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 
 
 # --- restock -----------------------------------------------------------------------------------
@@ -151,7 +158,7 @@ async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
         uow.actor.request_id,
     )
     if row is None:
-        await _resolve(uow.conn, [(line.sku, line.location_code)], ["body"])
+        await _resolve(uow.conn, [(line.sku, line.location_code)], [_LINE_FIELDS])
         raise AssertionError("restock wrote nothing for a resolvable reference")  # unreachable
     job_id = await record_event(
         uow,
@@ -229,7 +236,11 @@ async def _append_movements(
 
 async def restock_batch(uow: UnitOfWork, batch: RestockBatch) -> BatchResult:
     refs = [(line.sku, line.location_code) for line in batch.lines]
-    keys = await _resolve(uow.conn, refs, ["body", "lines"])
+    fields: list[tuple[Loc, Loc]] = [
+        (["body", "lines", i, "sku"], ["body", "lines", i, "location_code"])
+        for i in range(len(refs))
+    ]
+    keys = await _resolve(uow.conn, refs, fields)
     levels = await uow.conn.fetch(
         _INCREMENT_LEVELS,
         [p for p, _ in keys],
@@ -311,7 +322,7 @@ async def _decrement(uow: UnitOfWork, key: tuple[int, int], amount: int, what: s
 
 async def adjust(uow: UnitOfWork, adj: Adjustment) -> AdjustmentResult:
     ref = (adj.sku, adj.location_code)
-    (key,) = await _resolve(uow.conn, [ref], ["body"])
+    (key,) = await _resolve(uow.conn, [ref], [_LINE_FIELDS])
     names = {key: ref}
     if adj.delta > 0:
         level = (await uow.conn.fetch(_INCREMENT_LEVELS, [key[0]], [key[1]], [adj.delta]))[0]
@@ -319,6 +330,7 @@ async def adjust(uow: UnitOfWork, adj: Adjustment) -> AdjustmentResult:
         level = await _decrement(
             uow, key, -adj.delta, f"{adj.sku} at {adj.location_code} cannot go below zero"
         )
+        await check_crossing(uow, key[0], adj.sku, adj.location_code, -adj.delta)
     (moved,) = await _append_movements(uow, [key], [adj.delta], [adj.reason], [None], [adj.note])
     job_id = await record_event(
         uow,
@@ -334,17 +346,29 @@ async def adjust(uow: UnitOfWork, adj: Adjustment) -> AdjustmentResult:
     )
 
 
+# Takes both levels of a transfer in key order (as batches do) before changing either. A
+# ``SELECT … FOR UPDATE`` is not enough: it cannot lock a level that does not exist yet, and the
+# later upsert of that level would then wait on a batch inserting it while the batch waits on
+# the level locked here (a deadlock). So missing levels are inserted at 0 and existing ones
+# locked (``DO UPDATE … WHERE false`` locks without writing), in one statement, in key order.
+# A transfer that then fails rolls the placeholders back with everything else.
+_LOCK_LEVELS = """
+INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
+SELECT $1, location_id, 0, now() FROM unnest($2::int[]) AS t(location_id)
+ORDER BY location_id
+ON CONFLICT (product_id, location_id) DO UPDATE SET quantity = s.quantity WHERE false
+"""
+
+
 async def transfer(uow: UnitOfWork, t: Transfer) -> TransferResult:
     refs = [(t.sku, t.from_location), (t.sku, t.to_location)]
-    source, target = await _resolve(uow.conn, refs, ["body"])
-    names = {source: refs[0], target: refs[1]}
-    # Lock both levels in key order (as batches do) before changing either.
-    await uow.conn.execute(
-        "SELECT 1 FROM stock_levels WHERE product_id = $1 AND location_id = ANY($2::int[])"
-        " ORDER BY location_id FOR UPDATE",
-        source[0],
-        [source[1], target[1]],
+    source, target = await _resolve(
+        uow.conn,
+        refs,
+        [(["body", "sku"], ["body", "from_location"]), (["body", "sku"], ["body", "to_location"])],
     )
+    names = {source: refs[0], target: refs[1]}
+    await uow.conn.execute(_LOCK_LEVELS, source[0], [source[1], target[1]])
     out_level = await _decrement(
         uow, source, t.quantity, f"{t.sku} at {t.from_location} cannot go below zero"
     )

@@ -42,7 +42,9 @@ async def mark_enqueued(conn: Connection, job_ids: list[uuid.UUID]) -> None:
 
 
 class _Enqueuer(Protocol):
-    async def enqueue_run_job(self, job_id: uuid.UUID, defer_seconds: float = 0) -> bool: ...
+    async def enqueue_run_job(
+        self, job_id: uuid.UUID, generation: int, defer_seconds: float = 0
+    ) -> bool: ...
 
 
 async def relay_pending(conn: Connection, queue: _Enqueuer, batch: int = 500) -> int:
@@ -53,7 +55,8 @@ async def relay_pending(conn: Connection, queue: _Enqueuer, batch: int = 500) ->
     async with conn.transaction():
         rows = await conn.fetch(
             """
-            SELECT id, greatest(extract(epoch FROM run_after - now()), 0) AS defer
+            SELECT id, generation,
+                   greatest(extract(epoch FROM run_after - now()), 0)::float8 AS defer
             FROM jobs
             WHERE status = 'queued' AND kind <> 'audit'
               AND ((enqueued_at IS NULL AND created_at < now() - interval '2 seconds')
@@ -66,7 +69,7 @@ async def relay_pending(conn: Connection, queue: _Enqueuer, batch: int = 500) ->
             batch,
         )
         for row in rows:
-            await queue.enqueue_run_job(row["id"], float(row["defer"]))
+            await queue.enqueue_run_job(row["id"], row["generation"], row["defer"])
         if rows:
             await mark_enqueued(conn, [row["id"] for row in rows])
     return len(rows)

@@ -1,0 +1,67 @@
+"""``/metrics`` and the request metrics middleware (plain ASGI)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import StateDep
+from shared import metrics
+from shared.jobs import service as jobs
+
+router = APIRouter(tags=["ops"])
+log = logging.getLogger("stockroom.api")
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus(state: StateDep) -> Response:
+    """Prometheus text format. Queue gauges are read from the job records at scrape time."""
+    try:
+        async with state.db.pool.acquire(timeout=2) as conn:
+            stats = await jobs.queue_stats(conn)
+        metrics.QUEUE_DEPTH.labels("queued").set(stats.queued)
+        metrics.QUEUE_DEPTH.labels("in_progress").set(stats.in_progress)
+        metrics.QUEUE_DEPTH.labels("deferred").set(stats.deferred)
+        metrics.OLDEST_QUEUED_AGE.set(stats.oldest_queued_age_seconds)
+    except Exception as exc:  # a scrape must not fail because the database is away
+        log.warning("metrics: queue stats unavailable: %s", exc)
+    try:
+        metrics.LIVE_WORKERS.set(len(await state.queue.live_workers()))
+    except Exception as exc:
+        log.warning("metrics: worker list unavailable: %s", exc)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsMiddleware:
+    """Counts and times requests by route template (not raw path: bounded label sets)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+            label = template or "unmatched"
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(method, label, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(method, label).observe(time.perf_counter() - started)

@@ -1,0 +1,1 @@
+"""Low-stock alerts: detection in the mutation, delivery by the worker (Standard Webhooks)."""

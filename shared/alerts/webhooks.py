@@ -1,0 +1,90 @@
+"""Standard Webhooks: signing, and one delivery attempt with its log row.
+
+A message keeps its id across attempts (receivers dedupe on ``webhook-id``); each attempt is
+signed with its own timestamp: ``v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>``.
+A secret in the ``whsec_<base64>`` form is decoded; any other secret is used as UTF-8 bytes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from shared.db.connection import Connection
+from shared.jobs.retry import PermanentJobError, TransientJobError
+
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+RETRYABLE_STATUSES = frozenset({408, 429})
+
+
+def secret_bytes(secret: str) -> bytes:
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def encode_body(event_type: str, data: dict[str, Any]) -> bytes:
+    return json.dumps({"type": event_type, "data": data}, separators=(",", ":")).encode()
+
+
+async def deliver(
+    conn: Connection,
+    client: httpx.AsyncClient,
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    url: str,
+    secret: str,
+    event_type: str,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """POST the event once; records the attempt. Network errors, 5xx, 408 and 429 raise
+    ``TransientJobError``; any other non-2xx raises ``PermanentJobError``."""
+    body = encode_body(event_type, data)
+    timestamp = int(time.time())
+    message_id = f"msg_{job_id.hex}"
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, message_id, timestamp, body),
+        "user-agent": "Stockroom-Webhooks/1",
+    }
+    started = time.monotonic()
+    status: int | None = None
+    error: str | None = None
+    try:
+        response = await client.post(url, content=body, headers=headers, timeout=TIMEOUT)
+        status = response.status_code
+    except httpx.TransportError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+    finally:
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (job_id, attempt, url, status_code, error, duration_ms)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            job_id,
+            attempt,
+            url,
+            status,
+            error,
+            int((time.monotonic() - started) * 1000),
+        )
+    if status is None:
+        raise TransientJobError(f"delivery to {url} failed: {error}")
+    if 200 <= status < 300:
+        return {"status_code": status, "webhook_id": message_id}
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise TransientJobError(f"receiver answered {status}")
+    raise PermanentJobError(f"receiver answered {status}; not retried")

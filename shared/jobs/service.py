@@ -1,0 +1,336 @@
+"""Job records: reads for the API, cancel and retry, and the worker's side of a job's life —
+claim under a lease, renew, finish, fail, hand back, and reclaim from dead workers.
+
+A job runs under a lease (``lease_until``) that its worker renews every second. A worker that
+dies (SIGKILL, lost host) stops renewing; the reaper puts the job back in the queue when the
+lease lapses, whatever the job's own length — ARQ's own recovery would wait for the longest
+``job_timeout`` of any task."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.audit.events import record_event
+from shared.db.connection import Connection
+from shared.db.unit_of_work import UnitOfWork
+from shared.errors import JobStateConflict, NotFound
+from shared.jobs.kinds import FINISHED_STATUSES, JobKind, JobStatus
+from shared.jobs.outbox import create_job
+from shared.jobs.schemas import Job, JobLinks, QueueStats
+from shared.pagination import Page, decode_cursor, encode_cursor
+
+LEASE_SECONDS = 15
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 300.0
+
+_COLUMNS = (
+    "id, kind, status, progress, attempts, max_attempts, created_at, started_at, finished_at,"
+    " result, error, retry_of, request_id"
+)
+
+
+def _job(row: Any) -> Job:
+    data = dict(row)
+    base = f"/api/v1/jobs/{data['id']}"
+    status = JobStatus(data["status"])
+    links = JobLinks(
+        self=base,
+        cancel=f"{base}/cancel" if status not in FINISHED_STATUSES else None,
+        retry=f"{base}/retry" if status in (JobStatus.failed, JobStatus.cancelled) else None,
+        retry_of=f"/api/v1/jobs/{data['retry_of']}" if data["retry_of"] else None,
+        report=f"/api/v1/reports/{data['id']}" if data["kind"] == JobKind.report else None,
+    )
+    return Job(**data, links=links)
+
+
+def backoff_seconds(attempt: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempt-1))],
+    never below a tenth of the ceiling."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
+    return float(max(ceiling / 10, (rng or random).uniform(0, ceiling)))
+
+
+# --- API side --------------------------------------------------------------------------------
+
+
+async def get_job(conn: Connection, job_id: uuid.UUID) -> Job:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return _job(row)
+
+
+async def list_jobs(
+    conn: Connection,
+    *,
+    status: JobStatus | None,
+    kind: str | None,
+    limit: int,
+    cursor: str | None,
+) -> Page[Job]:
+    """Newest first, keyset-paginated on ``(created_at, id)``."""
+    if cursor:
+        stamp, last_id = decode_cursor("jobs", cursor, (str, str))
+        try:
+            after: tuple[datetime, uuid.UUID] | None = (
+                datetime.fromisoformat(stamp),
+                uuid.UUID(last_id),
+            )
+        except ValueError:
+            from shared.pagination import InvalidCursor
+
+            raise InvalidCursor("cursor is not one this API issued") from None
+    else:
+        after = None
+    rows = await conn.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM jobs
+        WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
+          AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+        ORDER BY created_at DESC, id DESC
+        LIMIT $5
+        """,
+        status.value if status else None,
+        kind,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit + 1,
+    )
+    items = [_job(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor("jobs", [last.created_at.isoformat(), str(last.id)])
+    return Page[Job](items=items, next_cursor=next_cursor)
+
+
+async def cancel_job(uow: UnitOfWork, job_id: uuid.UUID) -> Job:
+    """A queued job is cancelled at once and never runs; a running one is flagged, and its
+    worker stops it within about a second (the lease renewal reads the flag)."""
+    row = await uow.conn.fetchrow(
+        f"""
+        UPDATE jobs SET
+            status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+            finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+            cancel_requested = true
+        WHERE id = $1 AND status IN ('queued', 'in_progress') AND kind <> 'audit'
+        RETURNING {_COLUMNS}
+        """,
+        job_id,
+    )
+    if row is None:
+        current = await get_job(uow.conn, job_id)
+        if current.kind == JobKind.audit:
+            raise JobStateConflict("audit jobs cannot be cancelled: every mutation is audited")
+        raise JobStateConflict(f"job {job_id} is {current.status.value}; it cannot be cancelled")
+    await record_event(uow, "job.cancelled", f"job:{job_id}", [], {"job_id": str(job_id)})
+    return _job(row)
+
+
+async def retry_job(uow: UnitOfWork, job_id: uuid.UUID) -> Job:
+    """A new job with the same kind and payload, ``retry_of`` the failed or cancelled one."""
+    original = await uow.conn.fetchrow(
+        "SELECT kind, payload, status, max_attempts FROM jobs WHERE id = $1 FOR UPDATE", job_id
+    )
+    if original is None:
+        raise NotFound(f"no job {job_id}")
+    if original["status"] not in (JobStatus.failed, JobStatus.cancelled):
+        raise JobStateConflict(
+            f"job {job_id} is {original['status']}; only failed or cancelled jobs are retried"
+        )
+    new_id = await create_job(
+        uow,
+        JobKind(original["kind"]),
+        original["payload"],
+        original["max_attempts"],
+        retry_of=job_id,
+    )
+    await record_event(
+        uow, "job.retried", f"job:{job_id}", [], {"job_id": str(job_id), "new_job_id": str(new_id)}
+    )
+    return await get_job(uow.conn, new_id)
+
+
+async def queue_stats(conn: Connection) -> QueueStats:
+    row = await conn.fetchrow(
+        """
+        SELECT
+            count(*) FILTER (WHERE status = 'queued' AND run_after <= now()) AS queued,
+            count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+            count(*) FILTER (WHERE status = 'queued' AND run_after > now()) AS deferred,
+            coalesce(extract(epoch FROM now() - min(created_at)
+                FILTER (WHERE status = 'queued' AND run_after <= now())), 0)::float8
+                AS oldest_queued_age_seconds,
+            (SELECT count(*) FROM jobs WHERE status = 'failed'
+                AND finished_at > now() - interval '1 hour') AS failed_last_hour
+        FROM jobs WHERE status IN ('queued', 'in_progress')
+        """
+    )
+    assert row is not None
+    return QueueStats(**dict(row))
+
+
+# --- worker side -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    request_id: str | None
+
+
+async def claim(
+    conn: Connection, job_id: uuid.UUID, generation: int, worker_id: str
+) -> ClaimedJob | None:
+    """Take the job for this worker under a fresh lease, counting an attempt; ``None`` when
+    it is not ours to run (finished, cancelled, due later, held by a live lease, or this
+    delivery is stale)."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE jobs SET status = 'in_progress', attempts = attempts + 1,
+            started_at = coalesce(started_at, now()), worker_id = $3,
+            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
+        WHERE id = $1 AND generation = $2 AND status = 'queued' AND NOT cancel_requested
+          AND run_after <= now() + interval '1 second'
+        RETURNING id, kind, payload, attempts, max_attempts, request_id
+        """,
+        job_id,
+        generation,
+        worker_id,
+    )
+    if row is None:
+        return None
+    return ClaimedJob(
+        id=row["id"],
+        kind=row["kind"],
+        payload=row["payload"],
+        attempt=row["attempts"],
+        max_attempts=row["max_attempts"],
+        request_id=row["request_id"],
+    )
+
+
+async def renew_lease(conn: Connection, job_id: uuid.UUID, worker_id: str) -> bool | None:
+    """Extend the lease; returns whether cancellation was requested, or ``None`` when the
+    lease is no longer ours (the job was reclaimed)."""
+    value: bool | None = await conn.fetchval(
+        f"""
+        UPDATE jobs SET lease_until = now() + make_interval(secs => {LEASE_SECONDS})
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        RETURNING cancel_requested
+        """,
+        job_id,
+        worker_id,
+    )
+    return value
+
+
+async def set_progress(conn: Connection, job_id: uuid.UUID, worker_id: str, percent: int) -> None:
+    await conn.execute(
+        "UPDATE jobs SET progress = $3 WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'",
+        job_id,
+        worker_id,
+        max(0, min(100, percent)),
+    )
+
+
+async def complete(
+    conn: Connection, job_id: uuid.UUID, worker_id: str, result: dict[str, Any]
+) -> bool:
+    status: str = await conn.execute(
+        """
+        UPDATE jobs SET status = 'complete', progress = 100, result = $3, error = NULL,
+            finished_at = now(), lease_until = NULL
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        """,
+        job_id,
+        worker_id,
+        result,
+    )
+    return status.endswith(" 1")
+
+
+async def fail(conn: Connection, job_id: uuid.UUID, worker_id: str, error: str) -> None:
+    await conn.execute(
+        """
+        UPDATE jobs SET status = 'failed', error = $3, finished_at = now(), lease_until = NULL
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        """,
+        job_id,
+        worker_id,
+        error[:4000],
+    )
+
+
+async def mark_cancelled(conn: Connection, job_id: uuid.UUID, worker_id: str) -> None:
+    await conn.execute(
+        """
+        UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        """,
+        job_id,
+        worker_id,
+    )
+
+
+async def schedule_retry(
+    conn: Connection, job_id: uuid.UUID, worker_id: str, error: str, delay: float
+) -> int | None:
+    """Back to the queue after ``delay`` seconds, under a new generation; returns it."""
+    generation: int | None = await conn.fetchval(
+        """
+        UPDATE jobs SET status = 'queued', error = $3, worker_id = NULL, lease_until = NULL,
+            run_after = now() + make_interval(secs => $4), generation = generation + 1,
+            enqueued_at = NULL
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        RETURNING generation
+        """,
+        job_id,
+        worker_id,
+        error[:4000],
+        delay,
+    )
+    return generation
+
+
+async def hand_back(conn: Connection, job_id: uuid.UUID, worker_id: str) -> int | None:
+    """The worker is shutting down: return the job without counting the attempt."""
+    generation: int | None = await conn.fetchval(
+        """
+        UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0),
+            worker_id = NULL, lease_until = NULL, generation = generation + 1,
+            enqueued_at = NULL, run_after = now()
+        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        RETURNING generation
+        """,
+        job_id,
+        worker_id,
+    )
+    return generation
+
+
+async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
+    """Jobs whose worker stopped renewing its lease go back to the queue (the attempt that
+    died counts). A job out of attempts fails instead."""
+    rows = await conn.fetch(
+        """
+        UPDATE jobs SET
+            status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+            error = CASE WHEN attempts >= max_attempts
+                THEN 'worker lost while running the last attempt' ELSE error END,
+            finished_at = CASE WHEN attempts >= max_attempts THEN now() ELSE NULL END,
+            worker_id = NULL, lease_until = NULL, generation = generation + 1,
+            enqueued_at = NULL, run_after = now()
+        WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()
+        RETURNING id, generation, status
+        """
+    )
+    return [(r["id"], r["generation"]) for r in rows if r["status"] == "queued"]

@@ -1,0 +1,30 @@
+"""Prometheus series shared by the API and the worker (each process exposes its own)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "stockroom_http_requests_total", "HTTP requests", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "stockroom_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOBS_ENQUEUED = Counter("stockroom_jobs_enqueued_total", "Jobs written to the outbox", ["kind"])
+JOBS_COMPLETED = Counter("stockroom_jobs_completed_total", "Jobs completed", ["kind"])
+JOBS_FAILED = Counter("stockroom_jobs_failed_total", "Jobs failed for good", ["kind"])
+JOBS_RETRIED = Counter("stockroom_jobs_retried_total", "Job attempts scheduled again", ["kind"])
+JOB_DURATION = Histogram(
+    "stockroom_job_duration_seconds",
+    "Job attempt duration",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
+)
+QUEUE_DEPTH = Gauge("stockroom_queue_depth", "Jobs waiting, by state", ["state"])
+LIVE_WORKERS = Gauge("stockroom_live_workers", "Workers with a fresh heartbeat")
+OLDEST_QUEUED_AGE = Gauge(
+    "stockroom_oldest_queued_age_seconds", "Age of the oldest job due and not started"
+)

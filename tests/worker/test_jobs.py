@@ -1,0 +1,236 @@
+"""Durable jobs through real worker processes: delivery, retries, failures, cancel, retry,
+and workers that die or are stopped mid-job."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import signal
+from typing import Any
+
+import httpx
+
+from shared.alerts.webhooks import secret_bytes
+from shared.db.database import Database
+from tests.conftest import count
+from tests.waiting import eventually
+from tests.worker.conftest import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job
+from tests.worker.receiver import Receiver
+
+
+async def job(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    r = await client.get(f"/api/v1/jobs/{job_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def wait_status(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_id: str,
+    status: str,
+    timeout: float = 30,
+) -> dict[str, Any]:
+    async def reached() -> bool:
+        return (await job(client, headers, job_id))["status"] == status
+
+    await eventually(reached, timeout=timeout, what=f"job {job_id} to be {status}")
+    return await job(client, headers, job_id)
+
+
+async def test_low_stock_webhook_is_signed_and_delivered_once(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+    db: Database,
+) -> None:
+    job_id = await make_low_stock_job(alerting_client, admin, "LOW-1")
+    queued = await job(alerting_client, admin, job_id)
+    assert queued["status"] == "queued" and queued["kind"] == "webhook"
+    r = await alerting_client.get(f"/api/v1/jobs/{job_id}", headers=admin)
+    assert r.headers["retry-after"]
+    start_worker()
+    done = await wait_status(alerting_client, admin, job_id, "complete")
+    assert done["attempts"] == 1 and done["progress"] == 100
+    assert (
+        "retry-after"
+        not in (await alerting_client.get(f"/api/v1/jobs/{job_id}", headers=admin)).headers
+    )
+    assert receiver.count == 1
+    got = receiver.received[0]
+    payload = json.loads(got.body)
+    assert payload == {
+        "type": "stock.low",
+        "data": {"sku": "LOW-1", "on_hand": 4, "reorder_point": 5, "location_code": "MAIN"},
+    }
+    signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + got.body
+    expected = base64.b64encode(
+        hmac.new(secret_bytes(WEBHOOK_SECRET), signed, hashlib.sha256).digest()
+    ).decode()
+    assert got.headers["webhook-signature"] == f"v1,{expected}"
+    # a further decrease below the reorder point is not a new crossing
+    r = await alerting_client.post(
+        "/api/v1/inventory/adjustments",
+        json={"sku": "LOW-1", "location_code": "MAIN", "delta": -1, "reason": "pick"},
+        headers=admin,
+    )
+    assert r.status_code == 201
+    assert await count(db, "SELECT count(*) FROM jobs WHERE kind = 'webhook'") == 1
+    assert await count(db, "SELECT count(*) FROM webhook_deliveries WHERE status_code = 200") == 1
+
+
+async def test_transient_failures_retry_with_backoff_then_complete(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+    db: Database,
+) -> None:
+    receiver.answer(500, 503)
+    job_id = await make_low_stock_job(alerting_client, admin, "FLAKY-1")
+    start_worker()
+    done = await wait_status(alerting_client, admin, job_id, "complete", timeout=40)
+    assert done["attempts"] == 3
+    assert receiver.count == 3
+    # the same webhook-id on every attempt: receivers dedupe on it
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+    async with db.pool.acquire() as conn:
+        statuses = [
+            r["status_code"]
+            for r in await conn.fetch("SELECT status_code FROM webhook_deliveries ORDER BY attempt")
+        ]
+    assert statuses == [500, 503, 200]
+
+
+async def test_permanent_failure_fails_at_once_and_retry_makes_a_new_job(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    receiver.answer(400)
+    job_id = await make_low_stock_job(alerting_client, admin, "BAD-1")
+    start_worker()
+    failed = await wait_status(alerting_client, admin, job_id, "failed")
+    assert failed["attempts"] == 1
+    assert "400" in failed["error"]
+    assert receiver.count == 1
+    dead = (await alerting_client.get("/api/v1/jobs?status=failed", headers=admin)).json()
+    assert [j["id"] for j in dead["items"]] == [job_id]
+
+    r = await alerting_client.post(f"/api/v1/jobs/{job_id}/retry", headers=admin)
+    assert r.status_code == 202, r.text
+    new = r.json()
+    assert new["retry_of"] == job_id and new["id"] != job_id and new["status"] == "queued"
+    await wait_status(alerting_client, admin, new["id"], "complete")
+    assert receiver.count == 2
+    # a finished job cannot be cancelled, a complete one cannot be retried
+    assert (
+        await alerting_client.post(f"/api/v1/jobs/{new['id']}/cancel", headers=admin)
+    ).status_code == 409
+    assert (
+        await alerting_client.post(f"/api/v1/jobs/{new['id']}/retry", headers=admin)
+    ).status_code == 409
+
+
+async def test_cancelled_queued_job_never_runs(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    job_id = await make_low_stock_job(alerting_client, admin, "CAN-1")
+    r = await alerting_client.post(f"/api/v1/jobs/{job_id}/cancel", headers=admin)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    start_worker()
+    # A job queued after the cancelled one runs to completion: the worker has had every
+    # chance to run the cancelled one, and did not.
+    later = await make_low_stock_job(alerting_client, admin, "CAN-2", expect=2)
+    await wait_status(alerting_client, admin, later, "complete")
+    assert (await job(alerting_client, admin, job_id))["status"] == "cancelled"
+    assert receiver.count == 1
+    assert json.loads(receiver.received[0].body)["data"]["sku"] == "CAN-2"
+    assert (
+        await alerting_client.post(f"/api/v1/jobs/{job_id}/cancel", headers=admin)
+    ).status_code == 409
+
+
+async def test_cancel_running_job_stops_it(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    release = receiver.hold_next()
+    job_id = await make_low_stock_job(alerting_client, admin, "RUN-1")
+    start_worker()
+    await eventually(receiver.in_flight, what="the delivery to be in flight")
+    assert (await job(alerting_client, admin, job_id))["status"] == "in_progress"
+    r = await alerting_client.post(f"/api/v1/jobs/{job_id}/cancel", headers=admin)
+    assert r.status_code == 202
+    cancelled = await wait_status(alerting_client, admin, job_id, "cancelled", timeout=5)
+    assert cancelled["attempts"] == 1
+    release.set()
+    assert receiver.count == 1
+
+
+async def test_sigkilled_worker_job_runs_again_within_60s(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+    db: Database,
+) -> None:
+    release = receiver.hold_next()
+    job_id = await make_low_stock_job(alerting_client, admin, "KILL-1")
+    first = start_worker()
+    await eventually(receiver.in_flight, what="the delivery to be in flight")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    release.set()
+    start_worker()
+    done = await wait_status(alerting_client, admin, job_id, "complete", timeout=60)
+    # the killed attempt counts; the job completed once
+    assert done["attempts"] == 2
+    assert await count(db, "SELECT count(*) FROM webhook_deliveries WHERE status_code = 200") == 1
+
+
+async def test_sigterm_hands_running_job_back_without_burning_an_attempt(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    release = receiver.hold_next()
+    job_id = await make_low_stock_job(alerting_client, admin, "TERM-1")
+    first = start_worker()  # shutdown grace: 3 s, then running jobs are handed back
+    await eventually(receiver.in_flight, what="the delivery to be in flight")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    release.set()
+    handed_back = await job(alerting_client, admin, job_id)
+    assert handed_back["status"] == "queued" and handed_back["attempts"] == 0
+    start_worker()
+    done = await wait_status(alerting_client, admin, job_id, "complete")
+    assert done["attempts"] == 1
+
+
+async def test_sigterm_lets_a_short_job_finish(
+    alerting_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    release = receiver.hold_next()
+    job_id = await make_low_stock_job(alerting_client, admin, "TERM-2")
+    worker = start_worker(STOCKROOM_WORKER_SHUTDOWN_GRACE_SECONDS="30")
+    await eventually(receiver.in_flight, what="the delivery to be in flight")
+    worker.send_signal(signal.SIGTERM)
+    release.set()
+    assert worker.wait(timeout=30) == 0
+    done = await job(alerting_client, admin, job_id)
+    assert done["status"] == "complete" and done["attempts"] == 1

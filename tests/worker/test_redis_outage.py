@@ -1,0 +1,120 @@
+"""Redis down at the moment requests commit: every mutation is accepted, readiness says so,
+and once Redis is back every audit entry lands exactly once. Uses a private redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from api.app import create_app
+from shared.db.database import Database
+from shared.embedded import free_port
+from tests.conftest import Env, count
+from tests.waiting import eventually
+from tests.worker.conftest import WorkerFactory
+
+
+class PrivateRedis:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for the outage test (Debian package redis-server)")
+    server = PrivateRedis(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_mutations_during_a_redis_outage_are_audited_exactly_once(
+    env: Env,
+    db: Database,
+    admin: dict[str, str],
+    private_redis: PrivateRedis,
+    start_worker: WorkerFactory,
+) -> None:
+    outage_env = Env(env.database_url, private_redis.url, env.queue_name + "-outage")
+    app = create_app(outage_env.settings())
+    worker = start_worker(
+        STOCKROOM_REDIS_URL=private_redis.url, STOCKROOM_QUEUE_NAME=outage_env.queue_name
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post(
+                "/api/v1/catalog/products",
+                json={"sku": "OUT-1", "title": "t", "unit_price": 1},
+                headers=admin,
+            )
+            assert r.status_code == 201
+
+            private_redis.stop()
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"postgres": "ok", "redis": "down"}
+            n = 25
+            for i in range(n):
+                r = await client.post(
+                    "/api/v1/inventory/restock",
+                    json={"sku": "OUT-1", "quantity": 1, "reference": f"r{i}"},
+                    headers={**admin, "Idempotency-Key": f"outage-{i}"},
+                )
+                assert r.status_code == 201, r.text
+            assert await count(db, "SELECT count(*) FROM jobs WHERE kind = 'audit'") == n + 1
+
+            private_redis.start()
+            assert (await client.get("/readyz")).status_code == 200
+
+            async def all_audited() -> bool:
+                return await count(db, "SELECT count(*) FROM audit_entries") == n + 1
+
+            await eventually(all_audited, timeout=60, what="every audit entry after the outage")
+    assert worker.poll() is None, "the worker survives a Redis outage"
+    assert await count(db, "SELECT count(DISTINCT event_id) FROM audit_entries") == n + 1
+    assert (
+        await count(db, "SELECT count(*) FROM jobs WHERE kind = 'audit' AND status = 'complete'")
+        == n + 1
+    )

@@ -1,0 +1,32 @@
+"""Job handlers by kind: each calls a service with the job's payload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.alerts import webhooks
+from shared.jobs.kinds import JobKind
+from shared.jobs.retry import PermanentJobError
+from worker.jobs import Handler, JobRun
+
+
+async def deliver_webhook(run: JobRun) -> dict[str, Any]:
+    settings = run.state.settings
+    if not settings.webhook_url or not settings.webhook_secret:
+        raise PermanentJobError("STOCKROOM_WEBHOOK_URL is not set on this worker")
+    async with run.state.db.pool.acquire() as conn:
+        return await webhooks.deliver(
+            conn,
+            run.state.http,
+            job_id=run.job.id,
+            attempt=run.job.attempt,
+            url=settings.webhook_url,
+            secret=settings.webhook_secret,
+            event_type=run.job.payload["type"],
+            data=run.job.payload["data"],
+        )
+
+
+HANDLERS: dict[str, Handler] = {
+    JobKind.webhook.value: deliver_webhook,
+}
