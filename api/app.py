@@ -14,7 +14,7 @@ from api.deps import AppState, ReplayStored, replay_response
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api.routers import catalog, health, inventory, jobs, ops
+from api.routers import audit, catalog, health, inventory, jobs, ops
 from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(inventory.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)
     app.include_router(metrics_router)
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    # Outermost last: the request id wraps the metrics and access log, which log with it.
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import StateDep
@@ -16,6 +18,7 @@ from shared.jobs import service as jobs
 
 router = APIRouter(tags=["ops"])
 log = logging.getLogger("stockroom.api")
+access_log = logging.getLogger("stockroom.access")
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -38,10 +41,24 @@ async def prometheus(state: StateDep) -> Response:
 
 
 class MetricsMiddleware:
-    """Counts and times requests by route template (not raw path: bounded label sets)."""
+    """Counts and times requests by route template (not raw path: bounded label sets), and
+    writes the access log line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _template(self, scope: Scope) -> str:
+        if self._templates is None:
+            fastapi_app = scope.get("app")
+            paths = fastapi_app.openapi()["paths"] if isinstance(fastapi_app, FastAPI) else {}
+            self._templates = [(compile_path(path)[0], path) for path in paths]
+            self._templates += [(compile_path(p)[0], p) for p in ("/metrics",)]
+        path = scope["path"]
+        for regex, template in self._templates:
+            if regex.match(path):
+                return template
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,9 +76,15 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None)
-            label = template or "unmatched"
+            label = self._template(scope)
             method = scope["method"]
+            elapsed = time.perf_counter() - started
             metrics.HTTP_REQUESTS.labels(method, label, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, label).observe(time.perf_counter() - started)
+            metrics.HTTP_LATENCY.labels(method, label).observe(elapsed)
+            access_log.info(
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={"route": label, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )

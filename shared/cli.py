@@ -15,12 +15,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from shared.auth import service as keys_service
 from shared.auth.keys import parse_scopes
-from shared.db.connection import Connection
-from shared.db.urls import driver_url
+from shared.db.connection import Connection, connect
+from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.settings import Settings, SettingsError, exit_on_settings_error, load_settings
 
 
@@ -41,16 +39,27 @@ def _database_url(settings: Settings) -> str:
 
 
 def _with_connection(fn: Callable[[Connection], Awaitable[Any]]) -> Any:
-    url = driver_url(_database_url(_settings()))
+    url = _database_url(_settings())
 
     async def main() -> Any:
-        conn = await asyncpg.connect(url)
+        conn = await connect(url)
         try:
             return await fn(conn)
         finally:
             await conn.close()
 
     return asyncio.run(main())
+
+
+def _cli_unit_of_work(conn: Connection) -> UnitOfWork:
+    """Changes made from the command line are audited as the operator's ("cli"); the worker's
+    relay hands their events over within a second or two."""
+    settings = _settings()
+    return UnitOfWork(
+        conn,
+        Actor(key_id=None, key_name="cli", request_id=None),
+        job_max_tries=settings.job_max_tries,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -108,7 +117,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         return 2
 
     async def create(conn: Connection) -> keys_service.CreatedKey:
-        return await keys_service.create_key(conn, name, scopes)
+        async with conn.transaction():
+            return await keys_service.create_key_audited(_cli_unit_of_work(conn), name, scopes)
 
     created = _with_connection(create)
     if args.json:
@@ -161,7 +171,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         return 2
 
     async def revoke(conn: Connection) -> bool:
-        return await keys_service.revoke_key(conn, key_id)
+        async with conn.transaction():
+            return await keys_service.revoke_key_audited(_cli_unit_of_work(conn), key_id)
 
     if not _with_connection(revoke):
         print(f"stockroom: no active key {key_id}", file=sys.stderr)

@@ -25,6 +25,8 @@ from shared.db.urls import driver_url
 from shared.settings import Settings, load_settings
 from tests.servers import provide_servers
 
+pytest_plugins = ["tests.worker_support"]
+
 TABLES = (
     "api_keys",
     "products",

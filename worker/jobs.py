@@ -101,6 +101,10 @@ async def run_job(ctx: dict[str, Any], job_id: str, generation: int) -> str:
             state, claimed, lambda conn: jobs.complete(conn, claimed.id, state.worker_id, result)
         )
         metrics.JOBS_COMPLETED.labels(claimed.kind).inc()
+        log.info(
+            "job complete",
+            extra={"job_id": str(claimed.id), "kind": claimed.kind, "attempt": claimed.attempt},
+        )
         return "complete"
     except asyncio.CancelledError:
         current = asyncio.current_task()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from shared.audit.schemas import AuditActor, AuditEntry
 from shared.db.connection import Connection
+from shared.pagination import Page, decode_cursor, encode_cursor
 
 # One statement: claim a batch of pending audit jobs (SKIP LOCKED, so any number of workers
 # drain side by side), write their entries (the unique event id makes a re-run a no-op), and
@@ -50,4 +54,54 @@ async def pending_older_than(conn: Connection, seconds: float) -> bool:
             " AND created_at < now() - make_interval(secs => $1))",
             seconds,
         )
+    )
+
+
+async def list_entries(
+    conn: Connection,
+    *,
+    action: str | None,
+    sku: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> Page[AuditEntry]:
+    """Newest first, keyset-paginated on the entry id; ``[since, until)`` on the time of the
+    mutation."""
+    before = decode_cursor("audit", cursor, (int,))[0] if cursor else None
+    rows = await conn.fetch(
+        """
+        SELECT id, action, actor_key_id, actor_name, request_id, subject, payload, created_at
+        FROM audit_entries
+        WHERE ($1::text IS NULL OR action = $1)
+          AND ($2::text IS NULL OR skus @> ARRAY[$2::text])
+          AND ($3::timestamptz IS NULL OR created_at >= $3)
+          AND ($4::timestamptz IS NULL OR created_at < $4)
+          AND ($5::bigint IS NULL OR id < $5)
+        ORDER BY id DESC
+        LIMIT $6
+        """,
+        action,
+        sku,
+        since,
+        until,
+        before,
+        limit + 1,
+    )
+    items = [
+        AuditEntry(
+            id=r["id"],
+            action=r["action"],
+            actor=AuditActor(key_id=r["actor_key_id"], name=r["actor_name"]),
+            request_id=r["request_id"],
+            subject=r["subject"],
+            payload=r["payload"],
+            created_at=r["created_at"],
+        )
+        for r in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return Page[AuditEntry](
+        items=items, next_cursor=encode_cursor("audit", [items[-1].id]) if more else None
     )

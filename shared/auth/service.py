@@ -8,6 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.audit.events import record_event
 from shared.auth.keys import (
     Scope,
     generate_key,
@@ -16,6 +17,7 @@ from shared.auth.keys import (
     secret_matches,
 )
 from shared.db.connection import Connection
+from shared.db.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +103,19 @@ async def ensure_dev_admin_key(conn: Connection, saved: str | None) -> str:
             return saved
     created = await create_key(conn, "dev-admin", [Scope.admin.value])
     return created.key
+
+
+async def create_key_audited(uow: UnitOfWork, name: str, scopes: list[str]) -> CreatedKey:
+    """Create a key and record the audit event, in the caller's transaction."""
+    created = await create_key(uow.conn, name, scopes)
+    await record_event(
+        uow, "key.created", f"key:{created.id}", [], {"name": name, "scopes": scopes}
+    )
+    return created
+
+
+async def revoke_key_audited(uow: UnitOfWork, key_id: uuid.UUID) -> bool:
+    revoked = await revoke_key(uow.conn, key_id)
+    if revoked:
+        await record_event(uow, "key.revoked", f"key:{key_id}", [], {"id": str(key_id)})
+    return revoked

@@ -9,7 +9,6 @@ driver level, so request-time code runs at driver cost, in one transaction per r
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 
-from shared.db.connection import Connection
+from shared.db.connection import SERVER_SETTINGS, Connection, configure
 from shared.db.urls import driver_url
 
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
@@ -33,13 +32,6 @@ def compile_query(stmt: ClauseElement) -> tuple[str, Sequence[Any]]:
     return compiled.string, [params[name] for name in order]
 
 
-async def _init_connection(conn: Connection) -> None:
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
-
-
 @dataclass(slots=True)
 class Database:
     pool: asyncpg.Pool
@@ -50,8 +42,8 @@ class Database:
             driver_url(url),
             min_size=1,
             max_size=pool_size,
-            init=_init_connection,
-            server_settings={"timezone": "UTC", "application_name": "stockroom"},
+            init=configure,
+            server_settings=SERVER_SETTINGS,
             max_inactive_connection_lifetime=60,
         )
         assert pool is not None

@@ -16,8 +16,8 @@ from shared.alerts.webhooks import secret_bytes
 from shared.db.database import Database
 from tests.conftest import count
 from tests.waiting import eventually
-from tests.worker.conftest import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job
 from tests.worker.receiver import Receiver
+from tests.worker_support import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job
 
 
 async def job(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:

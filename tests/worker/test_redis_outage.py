@@ -17,7 +17,7 @@ from shared.db.database import Database
 from shared.embedded import free_port
 from tests.conftest import Env, count
 from tests.waiting import eventually
-from tests.worker.conftest import WorkerFactory
+from tests.worker_support import WorkerFactory
 
 
 class PrivateRedis:
