@@ -144,16 +144,17 @@ class Mutation:
 
 
 async def _store_failure(
-    state: AppState, principal: Principal, key: str, print_: bytes, exc: DomainError
+    conn: Connection, principal: Principal, key: str, print_: bytes, exc: DomainError
 ) -> None:
-    """Remember a domain error under its key, so that a retry replays it (as Stripe does)
-    rather than running the request again later against different state."""
+    """Remember a domain error under its key (on the request's own connection, after the
+    rollback), so that a retry replays it, as Stripe does, rather than running the request
+    again later against different state."""
     response = domain_problem(exc)
     stored = idempotency.StoredResponse(
         response.status_code, {"content-type": MEDIA_TYPE}, bytes(response.body)
     )
     try:
-        async with state.db.transaction() as conn:
+        async with conn.transaction():
             if await idempotency.claim(conn, principal.key_id, key, print_) is None:
                 await idempotency.store(conn, principal.key_id, key, print_, stored)
     except DomainError:
@@ -215,7 +216,7 @@ class MutationScope:
             except BaseException as exc:
                 await transaction.rollback()
                 if key is not None and isinstance(exc, DomainError) and exc.status < 500:
-                    await _store_failure(state, principal, key, print_, exc)
+                    await _store_failure(conn, principal, key, print_, exc)
                 raise
             await transaction.commit()
         for job in uow.new_jobs:
