@@ -121,6 +121,20 @@ class Queue:
             _queue_name=self.queue_name,
         )
 
+    async def follow_up_audit_drain(self, delay_seconds: float = 0.02) -> None:
+        """One more drain shortly after a drain ends. A wake-up sent while a drain is
+        finishing is dropped (ARQ still holds the drain's id), so events committed in that
+        window would otherwise wait for the relay (1-2 s). The follow-up's id is unique."""
+        await self.redis.enqueue_job(
+            TASK_DRAIN_AUDIT,
+            _job_id=f"{audit_drain_job_id(self.queue_name)}:follow-up:{uuid.uuid4().hex}",
+            _queue_name=self.queue_name,
+            _defer_by=delay_seconds,
+        )
+
+    def is_follow_up_drain(self, arq_job_id: str | None) -> bool:
+        return bool(arq_job_id) and ":follow-up:" in str(arq_job_id)
+
     async def enqueue_run_job(
         self, job_id: uuid.UUID, generation: int, defer_seconds: float = 0
     ) -> bool:

@@ -26,8 +26,10 @@ async def drain_audit(ctx: dict[str, Any]) -> int:
             total += done
             if done < AUDIT_BATCH:
                 break
+    if not state.queue.is_follow_up_drain(ctx.get("job_id")):
+        await state.queue.follow_up_audit_drain()
     if total:
-        log.info("audit entries written", extra={"count": total})
+        log.debug("audit entries written", extra={"count": total})
     return total
 
 

@@ -32,6 +32,14 @@ def compile_query(stmt: ClauseElement) -> tuple[str, Sequence[Any]]:
     return compiled.string, [params[name] for name in order]
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``), a round trip per checkout that measured 25-40 % of the
+    database CPU of a trivial job. Safe because nothing here changes session state: locks are
+    transaction-scoped, no SET, LISTEN or session cursors. asyncpg still ends any open
+    transaction before calling this."""
+
+
 @dataclass(slots=True)
 class Database:
     pool: asyncpg.Pool
@@ -43,6 +51,7 @@ class Database:
             min_size=1,
             max_size=pool_size,
             init=configure,
+            reset=_keep_session,
             server_settings=SERVER_SETTINGS,
             max_inactive_connection_lifetime=60,
         )
