@@ -143,22 +143,13 @@ class Mutation:
         return Response(content, status_code=status_code, headers=stored_headers, media_type=media)
 
 
-async def _store_failure(
-    conn: Connection, principal: Principal, key: str, print_: bytes, exc: DomainError
-) -> None:
-    """Remember a domain error under its key (on the request's own connection, after the
-    rollback), so that a retry replays it, as Stripe does, rather than running the request
-    again later against different state."""
+def _stored_problem(exc: DomainError) -> idempotency.StoredResponse:
+    """A domain error as stored under its key, so that a retry replays it (as Stripe does)
+    rather than running the request again later against different state."""
     response = domain_problem(exc)
-    stored = idempotency.StoredResponse(
+    return idempotency.StoredResponse(
         response.status_code, {"content-type": MEDIA_TYPE}, bytes(response.body)
     )
-    try:
-        async with conn.transaction():
-            if await idempotency.claim(conn, principal.key_id, key, print_) is None:
-                await idempotency.store(conn, principal.key_id, key, print_, stored)
-    except DomainError:
-        pass  # another request took the key meanwhile; its answer stands
 
 
 class MutationScope:
@@ -211,12 +202,33 @@ class MutationScope:
             if stored is not None:
                 await transaction.rollback()
                 raise ReplayStored(stored)
+            # With a key, the work runs inside a savepoint: a domain error rolls back to it
+            # and its answer is stored under the key while the transaction, and so the
+            # key's lock, is still held — no same-key request can slip in between.
+            work = conn.transaction() if key is not None else None
             try:
+                if work is not None:
+                    await work.start()
                 yield Mutation(uow, principal, key, print_)
-            except BaseException as exc:
+                if work is not None:
+                    await work.commit()
+            except DomainError as exc:
+                if key is None or exc.status >= 500 or work is None:
+                    await transaction.rollback()
+                    raise
+                try:
+                    await work.rollback()
+                    uow.new_jobs.clear()
+                    await idempotency.store(
+                        conn, principal.key_id, key, print_, _stored_problem(exc)
+                    )
+                    await transaction.commit()
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                raise
+            except BaseException:
                 await transaction.rollback()
-                if key is not None and isinstance(exc, DomainError) and exc.status < 500:
-                    await _store_failure(conn, principal, key, print_, exc)
                 raise
             await transaction.commit()
         for job in uow.new_jobs:

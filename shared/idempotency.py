@@ -47,7 +47,7 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
     return digest.digest()
 
 
-def _lock_id(api_key_id: uuid.UUID, key: str) -> int:
+def lock_id(api_key_id: uuid.UUID, key: str) -> int:
     return int.from_bytes(
         hashlib.blake2b(f"{api_key_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True
     )
@@ -59,7 +59,7 @@ async def claim(
     """Inside the request's transaction: the stored response to replay, or ``None`` when the
     work must run (the caller then calls ``store``). Raises 409 while another request holds
     the key and 422 when the key was used for a different request."""
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_id(api_key_id, key)):
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_id(api_key_id, key)):
         raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in flight")
     # A statement of its own, after the lock: its snapshot sees a holder's commit.
     row = await conn.fetchrow(

@@ -1,0 +1,81 @@
+"""A domain error under an Idempotency-Key is stored while the key's lock is still held
+(the work runs in a savepoint; the error's answer is stored in the same transaction), so a
+same-key request can never slip in between, run the request again, and answer differently
+from the first response."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from shared.db.database import Database
+from shared.idempotency import lock_id
+from tests.inventory.helpers import ADJUST, assert_ledger_consistent, make_product, restock
+from tests.waiting import eventually
+
+KEY = "pick-once"
+
+
+async def test_a_failed_request_is_remembered_before_its_key_is_released(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
+    await make_product(client, admin, "BIN-1")
+    await restock(client, admin, "BIN-1", 1)
+    take = {"sku": "BIN-1", "location_code": "MAIN", "delta": -1, "reason": "pick"}
+    headers = {**admin, "Idempotency-Key": KEY}
+    async with db.pool.acquire() as conn:
+        api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
+        product_id = await conn.fetchval("SELECT id FROM products WHERE sku = 'BIN-1'")
+    key_lock = lock_id(api_key_id, KEY)
+
+    async def waiting(sql: str) -> bool:
+        async with db.pool.acquire() as conn:
+            return bool(await conn.fetchval(sql))
+
+    async with db.pool.acquire() as other, db.pool.acquire() as retrier:
+        # another picker takes the last unit and has not committed yet
+        picker = other.transaction()
+        await picker.start()
+        await other.execute(
+            "UPDATE stock_levels SET quantity = quantity - 1 WHERE product_id = $1", product_id
+        )
+        await other.execute(
+            "INSERT INTO movements (product_id, location_id, delta, reason)"
+            " SELECT $1, id, -1, 'pick' FROM locations WHERE code = 'MAIN'",
+            product_id,
+        )
+        # our request claims the key, then waits for that row
+        first_task = asyncio.create_task(client.post(ADJUST, json=take, headers=headers))
+        await eventually(
+            lambda: waiting(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%UPDATE stock_levels%'"
+            ),
+            what="the request to wait for the level",
+        )
+        # a retry of the same request (same key) is queued on the key meanwhile
+        retry_task = asyncio.create_task(retrier.execute("SELECT pg_advisory_lock($1)", key_lock))
+        await eventually(
+            lambda: waiting(
+                "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            what="the retry to wait for the key",
+        )
+        await picker.commit()
+        first = await first_task
+        assert first.status_code == 409, first.text
+        assert first.json()["type"].endswith("/insufficient-stock")
+        await retry_task  # the retry got the key; it finds nothing stored and goes on
+        await retrier.execute("SELECT pg_advisory_unlock($1)", key_lock)
+
+    await restock(client, admin, "BIN-1", 5)
+    again = await client.post(ADJUST, json=take, headers=headers)
+    await assert_ledger_consistent(db)
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (409, "true"), (
+        "a retry with the same Idempotency-Key must replay the first answer (409"
+        f" insufficient-stock); it ran the request again and got {again.status_code}:"
+        " api/deps.py releases the key (rollback) before _store_failure stores the error"
+    )
+    assert again.content == first.content
