@@ -14,7 +14,7 @@ from api.deps import AppState, ReplayStored, replay_response
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api.routers import audit, catalog, health, inventory, jobs, ops
+from api.routers import audit, catalog, health, inventory, jobs, ops, reports
 from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)
+    app.include_router(reports.router, prefix=API_PREFIX)
     app.include_router(metrics_router)
 
     if settings.allowed_origins:

@@ -36,6 +36,8 @@ TABLES = (
     "jobs",
     "audit_entries",
     "webhook_deliveries",
+    "reports",
+    "report_chunks",
 )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from shared.alerts import webhooks
 from shared.jobs.kinds import JobKind
 from shared.jobs.retry import PermanentJobError
+from shared.reports.generate import ReportSettings, generate_report
 from worker.jobs import Handler, JobRun
 
 
@@ -27,6 +28,22 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
         )
 
 
+async def make_report(run: JobRun) -> dict[str, Any]:
+    settings = run.state.settings
+    return await generate_report(
+        run.state.db.pool,
+        run.job.id,
+        run.job.payload,
+        worker_id=run.state.worker_id,
+        settings=ReportSettings(
+            max_bytes=settings.report_max_bytes,
+            retention_hours=settings.report_retention_hours,
+        ),
+        progress=run.progress,
+    )
+
+
 HANDLERS: dict[str, Handler] = {
     JobKind.webhook.value: deliver_webhook,
+    JobKind.report.value: make_report,
 }

@@ -260,3 +260,45 @@ class AuditEntry(Base):
     skus: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ReportFile(Base):
+    """A complete report's published files: which blob of ``report_chunks`` is the download
+    (and its chart), with the metadata the API serves. Written by the worker in one
+    transaction when an attempt succeeds; the report's id is its job's."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        Index("ix_reports_expires_at", "expires_at", postgresql_where=text("purged_at IS NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    blob_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    content_type: Mapped[str] = mapped_column(Text, nullable=False)
+    row_count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    chart_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    totals: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    generated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReportChunk(Base):
+    """Report files as ~1 MiB pieces. ``blob_id`` is one generation attempt's output;
+    ``part`` 0 is the download, 1 the chart. Stored uncompressed (STORAGE EXTERNAL, set by
+    the migration): XLSX is deflated already, and skipping pglz keeps writes cheap."""
+
+    __tablename__ = "report_chunks"
+    __table_args__ = (CheckConstraint("part IN (0, 1)", name="part_known"),)
+
+    report_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    blob_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    part: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)

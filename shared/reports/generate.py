@@ -1,0 +1,519 @@
+"""Generating a report: the worker's side.
+
+One attempt, in bounded memory whatever the data size:
+1. Earlier attempts' leftovers are deleted; the worker's chart renderer (a long-lived child
+   process: matplotlib is imported once per worker) is started if it is not running.
+2. In one REPEATABLE READ, read-only snapshot, exported to a second connection: there the
+   totals are aggregated in PostgreSQL (exact NUMERIC sums) while on the first the rows stream
+   out with ``COPY (query) TO STDOUT (FORMAT csv)``, in order, as PostgreSQL produces them
+   (movements one UTC day per statement: see ``queries.Definition.slices``).
+3. CSV is PostgreSQL's own output, cut into ~1 MiB chunks and stored as it arrives. JSON and
+   XLSX are made by the converter, a child process fed the CSV through a pipe; what it writes
+   is stored the same way. Backpressure runs end to end: the chunk inserts pace the pipe, the
+   pipe paces the COPY, the COPY paces the query.
+4. The chart is drawn from the totals as soon as they are known, while the rows still stream;
+   the file and chart are published in one transaction (see ``shared.reports.storage``).
+
+Progress: 5 once the snapshot is taken, 5 → 95 as rows stream (see ``_RowProgress``), then 97
+with the chart stored, and 100 when the job completes; written at most twice a second.
+
+Cancellation (the handler task is cancelled): the converter is killed (and the chart renderer,
+if it is drawing this report's chart), the COPY is stopped, this attempt's chunks are deleted;
+nothing was published, so no partial file is ever visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from shared.jobs.retry import PermanentJobError, TransientJobError
+from shared.reports import queries, storage
+from shared.reports.render import EXIT_DOES_NOT_FIT
+from shared.reports.schemas import (
+    CONTENT_TYPES,
+    REPORT_REQUEST,
+    ReportFormat,
+    ReportKind,
+    job_payload,
+)
+
+log = logging.getLogger("stockroom.reports")
+
+Progress = Callable[[int], Awaitable[None]]
+
+# After a publish is refused (cancel requested, or the lease lost) the job's runner cancels this
+# task within about a second; waiting for that keeps the outcome the runner's to record.
+REFUSED_PUBLISH_WAIT_SECONDS = 5.0
+PIPE_LIMIT = 1 << 20
+_DATE = re.compile(rb"^\d{4}-\d\d-\d\d$")
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    max_bytes: int
+    retention_hours: int
+
+
+class _RowProgress:
+    """Turns the CSV bytes going by into a percentage between ``low`` and ``high``: rows
+    counted against the exact count once the totals (aggregated alongside) give it, against
+    the planner's estimate until then; for movements, the days passed, weighted by their
+    movements once the totals give them, by the calendar until then."""
+
+    def __init__(self, report: Progress, low: int, high: int, days: list[datetime]):
+        self._report = report
+        self._low = low
+        self._span = high - low
+        self._rows = 0
+        self._estimate: int | None = None
+        self._expected: int | None = None
+        self._calendar = {
+            day.date().isoformat().encode(): i / max(len(days), 1) for i, day in enumerate(days)
+        }
+        self._before_day: dict[bytes, float] = {}
+        self._reported = low
+
+    def estimate(self, rows: int | None) -> None:
+        self._estimate = rows
+
+    def learn(self, summarising: asyncio.Task[queries.Summary]) -> None:
+        if summarising.cancelled() or summarising.exception() is not None:
+            return
+        summary = summarising.result()
+        self._expected = summary.row_count
+        total = sum(movements for _, movements in summary.weights)
+        done = 0
+        for day, movements in summary.weights:
+            self._before_day[day.encode()] = done / max(total, 1)
+            done += movements
+
+    async def feed(self, data: bytes) -> None:
+        self._rows += data.count(b"\n")
+        if self._expected is not None:
+            done = min(1.0, self._rows / max(self._expected, 1))
+        elif self._estimate:
+            done = min(0.9, self._rows / self._estimate)
+        else:
+            end = data.rfind(b"\n")
+            start = data.rfind(b"\n", 0, end) + 1 if end > 0 else -1
+            if start < 0:
+                return
+            day = bytes(data[start : start + 10])
+            if not _DATE.match(day):
+                return
+            found = self._before_day.get(day, self._calendar.get(day))
+            if found is None:
+                return
+            done = found
+        # never backwards (the exact count may be above the estimate)
+        self._reported = max(self._reported, self._low + int(self._span * done))
+        await self._report(self._reported)
+
+
+async def _draw_chart(
+    summarising: asyncio.Task[queries.Summary],
+    request: queries.AnyRequest,
+    generated_at: datetime,
+) -> bytes:
+    summary = await asyncio.shield(summarising)
+    doc = {
+        "kind": request.kind.value,
+        "params": job_payload(request)["params"],
+        "generated_at": generated_at.isoformat(),
+        "totals": summary.totals,
+        **summary.chart,
+    }
+    return await charts.draw(doc)
+
+
+async def _summarise(
+    pool: asyncpg.Pool, snapshot: str, definition: queries.Definition
+) -> queries.Summary:
+    if not _SNAPSHOT_ID.match(snapshot):
+        raise ValueError(f"unexpected snapshot id {snapshot!r}")
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        return await queries.summarise(conn, definition)
+
+
+class _CopySink:
+    """The output side of a COPY that never raises into asyncpg.
+
+    asyncpg leaves a connection waiting forever for a cancellation when a COPY's sink raises
+    on the last buffer (the server has finished; nothing will confirm the cancel), and the
+    same happens when the task is cancelled inside the sink. So the sink catches everything
+    (a failure, or this task's cancellation), asks the server to stop the COPY (a cancel that
+    reaches an idle backend is a no-op there), swallows the rest of the data, and ``finish``
+    raises what was caught once ``copy_from_query`` has returned."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, server_pid: int, write: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        self._pool = pool
+        self._server_pid = server_pid
+        self._write = write
+        self.failure: BaseException | None = None
+
+    async def __call__(self, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        try:
+            await self._write(data)
+        except BaseException as exc:
+            self.failure = exc
+            with contextlib.suppress(Exception):
+                async with self._pool.acquire() as conn:
+                    await conn.execute("SELECT pg_cancel_backend($1)", self._server_pid)
+
+    async def copy_rows(self, conn: Any, definition: queries.Definition) -> int:
+        """Stream the report's rows into this sink as CSV with one header row, statement by
+        statement (see ``Definition.slices``); returns the number of rows."""
+        rows = 0
+        for i, args in enumerate(definition.slices()):
+            sql = await queries.inline(conn, definition.sql, args)
+            try:
+                status: str = await conn.copy_from_query(
+                    sql, output=self, format="csv", header=i == 0
+                )
+            except asyncpg.QueryCanceledError:
+                if self.failure is None:
+                    raise
+            if self.failure is not None:
+                raise self.failure
+            rows += int(status.split()[-1])
+        return rows
+
+
+async def _spawn(mode: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shared.reports.render",
+        mode,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=PIPE_LIMIT,
+    )
+
+
+class ChartRenderer:
+    """The worker's chart renderer: one long-lived child process (``render chart``) that draws
+    one chart per request, so matplotlib is imported once per worker rather than once per
+    report. Requests are serialised (a chart takes a fraction of a second). A request that
+    is cancelled or fails mid-exchange kills the process, and the next one starts another.
+    Protocol: 8-byte big-endian length + JSON in; a status byte (0 ok, 1 error) + 8-byte
+    length + PNG (or the error message) out. The process exits when its stdin closes."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the process if it is not running (so its imports overlap the SQL)."""
+        if self._proc is None or self._proc.returncode is not None:
+            self._proc = await _spawn("chart")
+
+    async def draw(self, document: dict[str, Any]) -> bytes:
+        async with self._lock:
+            await self.start()
+            proc = self._proc
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
+            try:
+                data = json.dumps(document).encode()
+                proc.stdin.write(len(data).to_bytes(8, "big") + data)
+                await proc.stdin.drain()
+                head = await proc.stdout.readexactly(9)
+                body = await proc.stdout.readexactly(int.from_bytes(head[1:], "big"))
+            except BaseException:
+                await self.stop()
+                raise
+        if head[0] != 0:
+            raise PermanentJobError(f"the chart could not be drawn: {body.decode()}")
+        return body
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        await _kill(proc)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+charts = ChartRenderer()
+
+
+async def _kill(proc: asyncio.subprocess.Process | None) -> None:
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        await proc.wait()
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
+def filename(kind: ReportKind, fmt: ReportFormat, report_id: uuid.UUID, at: datetime) -> str:
+    return f"{kind.value}-{at:%Y%m%d-%H%M%S}-{str(report_id)[:8]}.{fmt.value}"
+
+
+# A report holds three pooled connections while it runs (rows, totals, chunk writes) and keeps
+# a PostgreSQL backend and a renderer busy: a worker process runs this many at once and the
+# others wait their turn (their leases renewed all the while). More reports at once is a matter
+# of more worker processes.
+REPORTS_AT_ONCE = 2
+_slots = asyncio.Semaphore(REPORTS_AT_ONCE)
+
+
+async def generate_report(
+    pool: asyncpg.Pool,
+    report_id: uuid.UUID,
+    payload: dict[str, Any],
+    *,
+    worker_id: str,
+    settings: ReportSettings,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Run one attempt at the report whose job is ``report_id``; returns the job's result."""
+    async with _slots:
+        return await _generate(
+            pool, report_id, payload, worker_id=worker_id, settings=settings, progress=progress
+        )
+
+
+async def _generate(
+    pool: asyncpg.Pool,
+    report_id: uuid.UUID,
+    payload: dict[str, Any],
+    *,
+    worker_id: str,
+    settings: ReportSettings,
+    progress: Progress,
+) -> dict[str, Any]:
+    try:
+        request = REPORT_REQUEST.validate_python(payload)
+    except ValidationError as exc:
+        raise PermanentJobError(f"the report request is not valid: {exc}") from None
+    definition = queries.definition(request)
+    fmt = request.format
+    blob_id = uuid.uuid4()
+    generated_at = datetime.now(UTC)
+    await progress(0)
+    convert_proc: asyncio.subprocess.Process | None = None
+    charting: asyncio.Task[bytes] | None = None
+    try:
+        await charts.start()
+        async with pool.acquire() as write_conn:
+            await storage.discard_unpublished(write_conn, report_id)
+            await storage.write_unpublished_asynchronously(write_conn)
+            file = storage.ChunkWriter(
+                write_conn, report_id, blob_id, storage.PART_FILE, settings.max_bytes
+            )
+            async with (
+                pool.acquire() as read_conn,
+                read_conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                # The totals aggregate on a second connection in this same snapshot, while
+                # the rows stream on this one.
+                snapshot: str = await read_conn.fetchval("SELECT pg_export_snapshot()")
+                summarising = asyncio.create_task(_summarise(pool, snapshot, definition))
+                days = (
+                    [args[0] for args in definition.slices()]
+                    if definition.kind is ReportKind.movements
+                    else []
+                )
+                tracker = _RowProgress(progress, 5, 95, days)
+                summarising.add_done_callback(tracker.learn)
+                # The chart needs only the totals: it is drawn while the rows still stream.
+                charting = asyncio.create_task(_draw_chart(summarising, request, generated_at))
+                try:
+                    await progress(5)
+                    tracker.estimate(await queries.estimate_rows(read_conn, definition))
+                    if fmt is ReportFormat.csv:
+
+                        async def to_storage(data: bytes) -> None:
+                            await file.write(data)
+                            await tracker.feed(data)
+
+                        sink = _CopySink(pool, read_conn.get_server_pid(), to_storage)
+                        row_count = await sink.copy_rows(read_conn, definition)
+                        summary = await summarising
+                    else:
+                        convert_proc = await _spawn("convert")
+                        header = {
+                            "format": fmt.value,
+                            "columns": definition.columns,
+                            "document": {
+                                "kind": definition.kind.value,
+                                "generated_at": generated_at.isoformat(),
+                                "params": job_payload(request)["params"],
+                            },
+                            "sheet_names": [definition.sheet_name, "Totals"],
+                        }
+                        row_count, summary = await _convert(
+                            pool,
+                            read_conn,
+                            definition,
+                            convert_proc,
+                            header,
+                            file,
+                            tracker,
+                            summarising,
+                        )
+                finally:
+                    if not summarising.done():
+                        summarising.cancel()
+                        with contextlib.suppress(BaseException):
+                            await summarising
+            await file.close()
+            await progress(95)
+
+            png = await charting
+            chart = storage.ChunkWriter(write_conn, report_id, blob_id, storage.PART_CHART)
+            await chart.write(png)
+            await chart.close()
+            await progress(97)
+
+            published = await storage.publish(
+                write_conn,
+                report_id,
+                worker_id,
+                storage.Published(
+                    blob_id=blob_id,
+                    filename=filename(definition.kind, fmt, report_id, generated_at),
+                    content_type=CONTENT_TYPES[fmt],
+                    row_count=row_count,
+                    size_bytes=file.size,
+                    chart_bytes=chart.size,
+                    totals=summary.totals,
+                    generated_at=generated_at,
+                    retention_hours=settings.retention_hours,
+                ),
+            )
+        if not published:
+            await asyncio.sleep(REFUSED_PUBLISH_WAIT_SECONDS)
+            raise TransientJobError("the report's job is no longer this worker's to finish")
+    except BaseException as exc:
+        await _kill(convert_proc)
+        if charting is not None:  # a chart being drawn for this report stops its renderer
+            charting.cancel()
+            with contextlib.suppress(BaseException):
+                await charting
+        with contextlib.suppress(Exception):
+            async with pool.acquire() as conn:
+                await storage.discard_blob(conn, report_id, blob_id)
+        if isinstance(exc, storage.ReportTooLarge):
+            raise PermanentJobError(str(exc)) from None
+        raise
+    log.info(
+        "report generated",
+        extra={"report_id": str(report_id), "rows": row_count, "bytes": file.size},
+    )
+    return {
+        "report": f"/api/v1/reports/{report_id}",
+        "download": f"/api/v1/reports/{report_id}/download",
+        "row_count": row_count,
+        "size_bytes": file.size,
+        "totals": _overall(summary.totals),
+    }
+
+
+def _overall(totals: dict[str, Any]) -> dict[str, Any]:
+    """The totals without their breakdowns (those are in the file)."""
+    return {k: v for k, v in totals.items() if not isinstance(v, list)}
+
+
+async def _convert(
+    pool: asyncpg.Pool,
+    read_conn: Any,
+    definition: queries.Definition,
+    proc: asyncio.subprocess.Process,
+    header: dict[str, Any],
+    file: storage.ChunkWriter,
+    tracker: _RowProgress,
+    summarising: asyncio.Task[queries.Summary],
+) -> tuple[int, queries.Summary]:
+    """Stream the rows as CSV into the converter, then the totals (after a NUL, which CSV from
+    PostgreSQL never holds), and its output into storage; returns the number of rows and the
+    summary."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+    async def pump() -> None:
+        while chunk := await stdout.read(storage.CHUNK_BYTES):
+            await file.write(chunk)
+
+    pumping = asyncio.create_task(pump())
+    errors = asyncio.create_task(stderr.read())
+    # A failed pump (the size cap) stops the child, which breaks the pipe and the COPY.
+    pumping.add_done_callback(
+        lambda t: (
+            proc.kill() if not t.cancelled() and t.exception() and proc.returncode is None else None
+        )
+    )
+
+    async def to_converter(data: bytes) -> None:
+        stdin.write(data)
+        await stdin.drain()
+        await tracker.feed(data)
+
+    try:
+        stdin.write(json.dumps(header).encode() + b"\n")
+        rows = await _CopySink(pool, read_conn.get_server_pid(), to_converter).copy_rows(
+            read_conn, definition
+        )
+        summary = await summarising
+        trailer = {
+            "totals": summary.totals,
+            "totals_sheet": summary.sheet,
+            "totals_columns": summary.sheet_columns,
+        }
+        stdin.write(b"\x00" + json.dumps(trailer).encode())
+        await stdin.drain()
+        stdin.close()
+        await pumping
+        await proc.wait()
+        message = await errors
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        failure = pumping.exception() if pumping.done() and not pumping.cancelled() else None
+        if failure is not None and failure is not exc:
+            raise failure from None
+        if proc.returncode == EXIT_DOES_NOT_FIT:
+            raise PermanentJobError(_last_line(await errors)) from None
+        raise
+    finally:
+        for task in (pumping, errors):
+            if not task.done():
+                task.cancel()
+    if proc.returncode == EXIT_DOES_NOT_FIT:
+        raise PermanentJobError(_last_line(message))
+    if proc.returncode != 0:
+        raise PermanentJobError(f"the report could not be rendered: {_last_line(message)}")
+    return rows, summary
