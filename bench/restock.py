@@ -1,0 +1,890 @@
+#!/usr/bin/env python3
+"""The restock benchmark, in one command: ``bench/restock.sh`` (or ``.venv/bin/python
+bench/restock.py``).
+
+From ONE run against this machine's PostgreSQL and Redis it prints, side by side:
+- the framework ceiling: ``GET /healthz`` of the same app, in req/s;
+- ``POST /api/v1/inventory/restock`` req/s and p50/p99 latency, on random SKUs among the seeded
+  ones and on a few hot SKUs, every request with its own ``Idempotency-Key``;
+- the database ceiling: pgbench running the SQL transaction one restock sends
+  (``bench/restock_txn.sql``);
+- the ratios against the targets of the inventory issue, and a correctness check: no unit lost
+  or counted twice, one movement and one audit job per accepted restock.
+
+Steps: install wrk (and pgbench) if missing; create a database of its own, migrate, seed,
+create an admin key; start ``stockroom api``; run wrk (``bench/ceiling.lua``,
+``bench/restock.lua``) and pgbench, each after a warm-up; verify; print the table. It always
+cleans up (stops the API, drops the database, deletes its Redis keys), also on failure or
+Ctrl-C, and stops itself after ``--budget`` seconds.
+
+Settings (environment): ``STOCKROOM_BENCH_DATABASE_URL`` (an admin URL, default
+``postgresql://postgres@127.0.0.1:5432/postgres``), ``STOCKROOM_BENCH_REDIS_URL`` (default
+``redis://127.0.0.1:6379/0``), ``STOCKROOM_BENCH_WORKERS`` (uvicorn workers, default 1).
+Other ``STOCKROOM_*`` settings (``STOCKROOM_DB_POOL_SIZE``...) pass through to the API.
+
+Exit status: 0 when every target is met and the data is right, 1 on an error or a
+correctness failure, 3 when the data is right but a performance target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+STOCKROOM = ROOT / ".venv" / "bin" / "stockroom"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_POOL_SIZE = 10  # shared.settings.Settings.db_pool_size
+
+# Targets of the inventory issue ("Performance").
+TARGET_VS_CEILING = 0.35
+TARGET_VS_PGBENCH = 0.50
+TARGET_HOT_VS_RANDOM = 0.50
+TARGET_P99_OVER_P50 = 4.0
+
+
+class BenchError(Exception):
+    """A step failed; the message says which and why."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    what: str | None = None,
+) -> str:
+    """Run a command to completion; its stdout, or BenchError with the tail of its output."""
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what or cmd[0]} took longer than {timeout:.0f} s") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise BenchError(f"{what or cmd[0]} failed ({proc.returncode}):\n  " + "\n  ".join(tail))
+    return proc.stdout
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def libpq_url(url: str) -> str:
+    """``postgresql+asyncpg://`` and friends → a URL libpq and asyncpg take."""
+    scheme, rest = url.split("://", 1)
+    return scheme.split("+", 1)[0] + "://" + rest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of the live processes in process group ``pgid`` (the API's)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all processes used since boot (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_cpu_seconds(pids: Sequence[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def parse_bench_line(output: str) -> dict[str, Any]:
+    """The ``BENCH k=v ...`` line the Lua scripts print from done()."""
+    for line in output.splitlines():
+        if line.startswith("BENCH "):
+            values: dict[str, Any] = {}
+            for item in line.split()[1:]:
+                key, _, raw = item.partition("=")
+                try:
+                    values[key] = int(raw)
+                except ValueError:
+                    try:
+                        values[key] = float(raw)
+                    except ValueError:
+                        values[key] = raw
+            return values
+    raise BenchError("wrk printed no BENCH line:\n" + output[-2000:])
+
+
+@dataclass
+class LoadResult:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    cpu_ms_per_req: float
+    db_cpu_ms_per_req: float
+    other_load: float  # cores used by processes that are not this benchmark's, during the run
+    raw: dict[str, Any]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    admin_url: str
+    redis_url: str
+    workers: int
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="stockroom-bench-")))
+    db_created: bool = False
+    api: subprocess.Popen[bytes] | None = None
+    api_log: Any = None
+    port: int = 0
+    sku_prefix: str = ""
+    api_key: str = ""
+    api_key_id: str = ""
+    restock_tags: list[str] = field(default_factory=list)
+    seen_files: list[Path] = field(default_factory=list)
+    pgbench_processed: int = 0
+    baseline_units: int = 0
+
+    @property
+    def db_name(self) -> str:
+        return f"stockroom_bench_{self.run_id}"
+
+    @property
+    def queue_name(self) -> str:
+        return f"stockroom-bench-{self.run_id}"
+
+    @property
+    def db_url(self) -> str:
+        return with_database(self.admin_url, self.db_name)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pool_size(self) -> int:
+        return int(os.environ.get("STOCKROOM_DB_POOL_SIZE", DEFAULT_POOL_SIZE))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            STOCKROOM_DATABASE_URL=self.db_url,
+            STOCKROOM_REDIS_URL=self.redis_url,
+            STOCKROOM_QUEUE_NAME=self.queue_name,
+            STOCKROOM_ENV="production",
+        )
+        return env
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def ensure_tools(self) -> None:
+        updated = False
+
+        def apt_install(package: str) -> None:
+            nonlocal updated
+            log(f"installing {package} (apt-get)")
+            cmd = ["apt-get", "install", "-y", "-q", package]
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            if subprocess.run(cmd, env=env, capture_output=True, check=False).returncode == 0:
+                return
+            if not updated:
+                run(["apt-get", "update", "-q"], timeout=120, env=env, what="apt-get update")
+                updated = True
+            run(cmd, timeout=120, env=env, what=f"apt-get install {package}")
+
+        if shutil.which("wrk") is None:
+            apt_install("wrk")
+        if shutil.which("pgbench") is None:
+            apt_install("postgresql-client")
+        for tool in ("wrk", "pgbench"):
+            if shutil.which(tool) is None:
+                raise BenchError(f"{tool} is not installed and could not be installed")
+        if not STOCKROOM.exists():
+            raise BenchError(f"{STOCKROOM} is missing: run scripts/bootstrap.sh first")
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(libpq_url(self.admin_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def _units(self) -> int:
+        conn = await asyncpg.connect(libpq_url(self.db_url))
+        try:
+            units: int = await conn.fetchval("SELECT coalesce(sum(quantity), 0) FROM stock_levels")
+            return units
+        finally:
+            await conn.close()
+
+    def create_database(self) -> None:
+        log(f"creating database {self.db_name}")
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.db_name}"'))
+        self.db_created = True
+        env = self.env()
+        run([STOCKROOM, "migrate"], timeout=60, env=env, what="stockroom migrate")
+        out = run(
+            [STOCKROOM, "seed", "--products", self.args.products, "--locations", "1"],
+            timeout=60,
+            env=env,
+            what="stockroom seed",
+        )
+        self.sku_prefix = json.loads(out.strip().splitlines()[-1])["sku_prefix"]
+        out = run(
+            [STOCKROOM, "keys", "create", "--name", "bench", "--scopes", "admin", "--json"],
+            timeout=30,
+            env=env,
+            what="stockroom keys create",
+        )
+        created = json.loads(out.strip().splitlines()[-1])
+        self.api_key, self.api_key_id = created["key"], created["id"]
+        self.baseline_units = asyncio.run(self._units())
+        log(f"seeded {self.args.products} products (SKUs {self.sku_prefix}0000000...)")
+
+    def start_api(self) -> None:
+        self.port = free_port()
+        self.api_log = open(self.workdir / "api.log", "wb")  # noqa: SIM115 - closed in cleanup
+        cmd = [STOCKROOM, "api", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--workers", str(self.workers)]
+        log(f"starting the API on port {self.port} with {self.workers} worker(s)")
+        self.api = subprocess.Popen(
+            [str(c) for c in cmd],
+            env=self.env(),
+            stdout=self.api_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise BenchError("the API exited at start-up:\n" + self.api_log_tail())
+            try:
+                if httpx.get(self.base_url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise BenchError("the API was not ready within 30 s:\n" + self.api_log_tail())
+
+    def api_log_tail(self) -> str:
+        try:
+            return "\n".join((self.workdir / "api.log").read_text().splitlines()[-15:])
+        except OSError:
+            return ""
+
+    # --- load ----------------------------------------------------------------------------------
+
+    def wrk(self, script: str, url: str, duration: int, script_args: Sequence[str]) -> str:
+        cmd = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}"]
+        cmd += [f"-d{duration}s", "--timeout", "10s", "--latency", "-s", str(BENCH / script), url]
+        if script_args:
+            cmd += ["--", *script_args]
+        return run(cmd, timeout=duration + 30, what=f"wrk {script}")
+
+    async def _backend_pids(self) -> list[int]:
+        conn = await asyncpg.connect(libpq_url(self.admin_url))
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self.db_name,
+            )
+            return [int(r["pid"]) for r in rows]
+        finally:
+            await conn.close()
+
+    def measure(self, name: str, script: str, url: str, make_args: Any) -> LoadResult:
+        log(f"{name}: {self.args.warmup} s warm-up, {self.args.duration} s measured")
+        self.wrk(script, url, self.args.warmup, make_args("warm"))
+        assert self.api is not None
+        backends = asyncio.run(self._backend_pids())  # the API's pool, open after warm-up
+        api0, db0 = group_cpu_seconds(self.api.pid), pids_cpu_seconds(backends)
+        kids0, busy0, t0 = children_cpu_seconds(), machine_busy_seconds(), time.monotonic()
+        output = self.wrk(script, url, self.args.duration, make_args("run"))
+        elapsed = time.monotonic() - t0
+        api = group_cpu_seconds(self.api.pid) - api0
+        db = pids_cpu_seconds(backends) - db0
+        wrk = children_cpu_seconds() - kids0
+        other = machine_busy_seconds() - busy0 - api - db - wrk
+        (self.workdir / f"wrk-{name}.txt").write_text(output)
+        raw = parse_bench_line(output)
+        requests = int(raw["requests"])
+        per_req = 1000 / requests if requests else float("nan")
+        return LoadResult(
+            name=name,
+            rps=float(raw["rps"]),
+            p50_ms=raw["p50_us"] / 1000,
+            p99_ms=raw["p99_us"] / 1000,
+            requests=requests,
+            cpu_ms_per_req=api * per_req,
+            db_cpu_ms_per_req=db * per_req,
+            other_load=max(other, 0.0) / elapsed,
+            raw=raw,
+        )
+
+    def restock_args(self, mode: str) -> Any:
+        def make(phase: str) -> list[str]:
+            tag = f"wrk-{mode}-{phase}"
+            self.restock_tags.append(tag)
+            seen = self.workdir / f"seen-{tag}.txt"
+            self.seen_files.append(seen)
+            return [
+                tag,
+                mode,
+                str(self.args.products),
+                self.sku_prefix,
+                self.api_key,
+                str(self.args.hot),
+                str(seen),
+            ]
+
+        return make
+
+    def pgbench(self) -> dict[str, float]:
+        key_prefix = self.api_key.split("_")[1]
+        base = ["pgbench", "-n", "-M", "prepared", "-f", str(BENCH / "restock_txn.sql")]
+        base += ["-c", str(self.args.pgbench_clients), "-j", str(self.args.threads)]
+        base += ["-D", f"prefix={self.sku_prefix}", "-D", f"nskus={self.args.products}"]
+        base += ["-D", f"keyprefix={key_prefix}", "-D", f"keyid={self.api_key_id}"]
+        dsn = libpq_url(self.db_url)
+        log(f"pgbench: {self.args.warmup} s warm-up, {self.args.duration} s measured")
+        results: dict[str, float] = {}
+        for phase, seconds in (("warm", self.args.warmup), ("run", self.args.duration)):
+            out = run([*base, "-T", str(seconds), dsn], timeout=seconds + 30, what="pgbench")
+            processed = re.search(r"number of transactions actually processed: (\d+)", out)
+            self.pgbench_processed += int(processed.group(1)) if processed else 0
+            if phase == "run":
+                (self.workdir / "pgbench.txt").write_text(out)
+                tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+                lat = re.search(r"latency average = ([\d.]+) ms", out)
+                failed = re.search(r"number of failed transactions: (\d+)", out)
+                if tps is None:
+                    raise BenchError("pgbench printed no TPS:\n" + out[-2000:])
+                results = {
+                    "tps": float(tps.group(1)),
+                    "latency_ms": float(lat.group(1)) if lat else float("nan"),
+                    "failed": float(failed.group(1)) if failed else 0.0,
+                }
+        return results
+
+    def profile(self) -> None:
+        """An extra restock run under py-spy (after the measured ones: it slows the API)."""
+        pyspy = shutil.which("py-spy") or os.environ.get("STOCKROOM_BENCH_PYSPY")
+        if not pyspy:
+            log("--profile: py-spy not found (PATH or STOCKROOM_BENCH_PYSPY); skipped")
+            return
+        assert self.api is not None
+        raw = self.workdir / "profile.raw.txt"
+        log(f"profiling the API with py-spy for {self.args.duration} s of random restocks")
+        spy = subprocess.Popen(
+            [
+                *(pyspy, "record", "--pid", str(self.api.pid), "--subprocesses"),
+                *("--nonblocking", "--rate", "100", "--duration", str(self.args.duration)),
+                *("--format", "raw", "--output", str(raw)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            self.wrk(
+                "restock.lua",
+                self.base_url,
+                self.args.duration + 1,
+                self.restock_args("random")("profile"),
+            )
+        finally:
+            spy.wait(timeout=30)
+        if raw.exists():
+            summary = summarise_profile(raw)
+            (self.workdir / "profile.txt").write_text(summary)
+            print(summary)
+            log(f"profile: {self.workdir / 'profile.txt'} (raw stacks: {raw})")
+
+    # --- correctness ---------------------------------------------------------------------------
+
+    def retry_restock(self, key: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Re-send the request behind ``key`` (its body is rebuilt from the key) as a client
+        retrying after a lost answer would."""
+        tag, _tid, _n, idx, qty = key.rsplit("-", 4)
+        body = {
+            "sku": f"{self.sku_prefix}{int(idx):07d}",
+            "quantity": int(qty),
+            "reference": tag,
+        }
+        resp = httpx.post(
+            self.base_url + "/api/v1/inventory/restock",
+            json=body,
+            headers={
+                "Authorization": f"Bearer {self.api_key}",
+                "Idempotency-Key": key,
+                "X-Request-ID": key,
+            },
+            timeout=10,
+        )
+        answer = resp.json() if resp.status_code == 201 else {}
+        return resp.status_code, dict(resp.headers), answer
+
+    async def verify(self, results: dict[str, LoadResult]) -> list[Check]:
+        checks: list[Check] = []
+        # What the client saw: "request_id delta" for every 201.
+        seen: dict[str, int] = {}
+        duplicates = 0
+        for path in self.seen_files:
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                rid, _, delta = line.partition(" ")
+                if rid in seen:
+                    duplicates += 1
+                seen[rid] = int(delta)
+        non201 = sum(
+            int(r.raw.get("non201", 0))
+            + int(r.raw.get("non2xx", 0))
+            + int(r.raw.get("err_timeout", 0))
+            + int(r.raw.get("err_read", 0))
+            for r in results.values()
+        )
+        statuses = sorted(
+            {str(r.raw["statuses"]) for r in results.values() if r.raw.get("statuses", "-") != "-"}
+        )
+        checks.append(
+            Check(
+                "every measured request answered 201 (200 for /healthz)",
+                non201 == 0,
+                f"{non201} other answers or timeouts {statuses or ''}".strip(),
+            )
+        )
+
+        conn = await asyncpg.connect(libpq_url(self.db_url))
+        try:
+
+            async def movements() -> dict[str, list[tuple[int, int]]]:
+                rows = await conn.fetch(
+                    "SELECT id, request_id, delta FROM movements WHERE reference LIKE 'wrk-%'"
+                )
+                by_request: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+                for row in rows:
+                    by_request[row["request_id"]].append((row["id"], row["delta"]))
+                return by_request
+
+            db = await movements()
+            doubled = [rid for rid, rows in db.items() if len(rows) > 1]
+            lost = [rid for rid in seen if rid not in db]
+            wrong = [rid for rid, d in seen.items() if rid in db and db[rid][0][1] != d]
+            # Accepted by the server, answer never read: in flight when wrk stopped. A client
+            # would retry them with the same key: do so, and expect the stored answer.
+            unread = sorted(set(db) - set(seen))
+            bound = self.args.connections * len(self.restock_tags)
+            bad_retries = []
+            for rid in unread:
+                status, headers, body = self.retry_restock(rid)
+                replayed = {k.lower(): v for k, v in headers.items()}.get("idempotent-replayed")
+                if (
+                    status != 201
+                    or replayed != "true"
+                    or body.get("movement", {}).get("id") != db[rid][0][0]
+                ):
+                    bad_retries.append(f"{rid}: {status} replayed={replayed}")
+                else:
+                    seen[rid] = int(body["movement"]["delta"])
+            # Replays of answered requests: same answer, nothing done twice.
+            sample = list(seen)[:: max(1, len(seen) // 25)][:25]
+            for rid in sample:
+                status, headers, body = self.retry_restock(rid)
+                replayed = {k.lower(): v for k, v in headers.items()}.get("idempotent-replayed")
+                movement_id = body.get("movement", {}).get("id")
+                if status != 201 or replayed != "true" or movement_id != db[rid][0][0]:
+                    bad_retries.append(f"replay {rid}: {status} replayed={replayed}")
+            after = await movements()
+
+            checks.append(
+                Check(
+                    "each 201 has exactly one movement with its quantity",
+                    not (lost or doubled or wrong or duplicates),
+                    f"{len(seen) - len(unread)} answered: {len(lost)} lost, {len(doubled)} doubled,"
+                    f" {len(wrong)} wrong quantity, {duplicates} answered twice",
+                )
+            )
+            checks.append(
+                Check(
+                    "unanswered-but-committed requests replay on retry",
+                    not bad_retries and len(unread) <= bound,
+                    f"{len(unread)} in flight at wrk's stop (bound {bound}), retried with their"
+                    f" keys: {len(bad_retries)} bad; {len(sample)} answered ones replayed"
+                    + (f" [{'; '.join(bad_retries[:3])}]" if bad_retries else ""),
+                )
+            )
+            checks.append(
+                Check(
+                    "retries and replays wrote nothing",
+                    sum(len(v) for v in after.values()) == sum(len(v) for v in db.values()),
+                    f"{sum(len(v) for v in db.values())} movements before,"
+                    f" {sum(len(v) for v in after.values())} after",
+                )
+            )
+
+            levels = await conn.fetchval("SELECT coalesce(sum(quantity), 0) FROM stock_levels")
+            ledger = await conn.fetchval("SELECT coalesce(sum(delta), 0) FROM movements")
+            wrk_sum = await conn.fetchval(
+                "SELECT coalesce(sum(delta), 0) FROM movements WHERE reference LIKE 'wrk-%'"
+            )
+            pg_sum, pg_count = await conn.fetchrow(
+                "SELECT coalesce(sum(delta), 0), count(*) FROM movements"
+                " WHERE reference = 'pgbench'"
+            )
+            mismatched = await conn.fetchval(
+                """
+                SELECT count(*) FROM stock_levels s
+                FULL JOIN (SELECT product_id, location_id, sum(delta) AS d FROM movements
+                           GROUP BY product_id, location_id) m USING (product_id, location_id)
+                WHERE coalesce(s.quantity, 0) <> coalesce(m.d, 0) OR s.quantity < 0
+                """
+            )
+            client_sum = sum(seen.values())
+            checks.append(
+                Check(
+                    "units: levels == ledger == 201 answers",
+                    levels == ledger == self.baseline_units + client_sum + pg_sum
+                    and wrk_sum == client_sum,
+                    f"sum(levels)={levels} sum(movements)={ledger} (seed {self.baseline_units});"
+                    f" API: 201 quantities {client_sum}, its ledger {wrk_sum};"
+                    f" pgbench ledger {pg_sum}",
+                )
+            )
+            checks.append(
+                Check(
+                    "every level equals its ledger, none negative",
+                    mismatched == 0,
+                    f"{mismatched} levels off",
+                )
+            )
+            audit = await conn.fetch(
+                """
+                SELECT m.id, count(j.id) AS jobs FROM movements m
+                LEFT JOIN jobs j ON j.kind = 'audit'
+                    AND j.payload->>'action' = 'inventory.restocked'
+                    AND (j.payload->'payload'->>'movement_id')::bigint = m.id
+                WHERE m.reference LIKE 'wrk-%' GROUP BY m.id
+                """
+            )
+            orphans = await conn.fetchval(
+                """
+                SELECT count(*) FROM jobs j
+                WHERE j.kind = 'audit' AND j.payload->'payload'->>'reference' LIKE 'wrk-%'
+                  AND NOT EXISTS (SELECT 1 FROM movements m
+                                  WHERE m.id = (j.payload->'payload'->>'movement_id')::bigint)
+                """
+            )
+            not_one = sum(1 for row in audit if row["jobs"] != 1)
+            checks.append(
+                Check(
+                    "one audit job per accepted restock",
+                    not_one == 0 and orphans == 0,
+                    f"{len(audit)} movements: {not_one} without exactly one audit job,"
+                    f" {orphans} audit jobs without a movement",
+                )
+            )
+            keys = await conn.fetchval(
+                "SELECT count(*) FROM idempotency_keys WHERE key LIKE 'wrk-%' AND status_code = 201"
+            )
+            checks.append(
+                Check(
+                    "one stored Idempotency-Key per accepted restock",
+                    keys == len(after),
+                    f"{keys} keys, {len(after)} accepted restocks",
+                )
+            )
+            checks.append(
+                Check(
+                    "pgbench: one movement per transaction",
+                    abs(pg_count - self.pgbench_processed) <= self.args.pgbench_clients,
+                    f"{pg_count} movements, {self.pgbench_processed} transactions reported",
+                )
+            )
+        finally:
+            await conn.close()
+        return checks
+
+    # --- cleanup -------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self.api is not None and self.api.poll() is None:
+            log("stopping the API")
+            try:
+                os.killpg(self.api.pid, signal.SIGTERM)
+                self.api.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.api.pid, signal.SIGKILL)
+                self.api.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        if self.api_log is not None:
+            self.api_log.close()
+        if self.db_created:
+            log(f"dropping database {self.db_name}")
+            try:
+                asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
+            except Exception as exc:
+                log(f"could not drop {self.db_name}: {exc}")
+        try:
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+            names = list(client.scan_iter(match=f"*{self.queue_name}*", count=1000))
+            if names:
+                client.delete(*names)
+            log(f"deleted {len(names)} Redis key(s) matching *{self.queue_name}*")
+            client.close()
+        except Exception as exc:
+            log(f"could not clean Redis: {exc}")
+
+
+def summarise_profile(raw: Path, top: int = 30) -> str:
+    """Inclusive and self shares of the event-loop thread's samples (py-spy raw format)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or "WorkerThread.run" in stack:  # anyio's idle thread pool
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    if not total:
+        return "profile: no samples"
+    out = [f"profile: {total} samples of the event-loop thread", "  inclusive:"]
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    out += ["  self:"]
+    out += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    return "\n".join(out)
+
+
+def mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(
+    bench: Bench,
+    ceiling: LoadResult,
+    random_: LoadResult,
+    hot: LoadResult,
+    pg: dict[str, float],
+    checks: list[Check],
+) -> tuple[str, bool, bool]:
+    a = bench.args
+    ratios = [
+        ("restock/ceiling", random_.rps / ceiling.rps, f">= {TARGET_VS_CEILING:.2f}", None),
+        ("restock/pgbench", random_.rps / pg["tps"], f">= {TARGET_VS_PGBENCH:.2f}", None),
+        ("hot/random", hot.rps / random_.rps, f">= {TARGET_HOT_VS_RANDOM:.2f}", None),
+        ("p99/p50 random", random_.p99_ms / random_.p50_ms, f"<= {TARGET_P99_OVER_P50:.0f}", 1),
+        ("p99/p50 hot", hot.p99_ms / hot.p50_ms, f"<= {TARGET_P99_OVER_P50:.0f}", 1),
+    ]
+    passes = [
+        ratios[0][1] >= TARGET_VS_CEILING,
+        ratios[1][1] >= TARGET_VS_PGBENCH,
+        ratios[2][1] >= TARGET_HOT_VS_RANDOM,
+        ratios[3][1] <= TARGET_P99_OVER_P50,
+        ratios[4][1] <= TARGET_P99_OVER_P50,
+    ]
+    perf_ok = all(passes)
+    data_ok = all(c.ok for c in checks)
+    lines = [
+        "",
+        f"Stockroom restock benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
+        f"  {os.cpu_count()} CPUs  Python {platform.python_version()}",
+        f"server: stockroom api --workers {bench.workers} (db pool {bench.pool_size}/worker);"
+        f" load: wrk -t{a.threads} -c{a.connections} -d{a.duration}s ({a.warmup} s warm-up);"
+        f" pgbench -c{a.pgbench_clients} -j{a.threads} -T{a.duration} -M prepared;"
+        f" {a.products} SKUs, {a.hot} hot",
+        "",
+        f"{'figure':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req: API':>17}{'DB':>6}",
+    ]
+    for label, r in (
+        ("ceiling  GET /healthz", ceiling),
+        ("restock  random SKUs", random_),
+        (f"restock  {a.hot} hot SKUs", hot),
+    ):
+        lines.append(
+            f"{label:<34}{r.rps:>9.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_ms_per_req:>17.2f}"
+            f"{r.db_cpu_ms_per_req:>6.2f}"
+        )
+    lines.append(
+        f"{'pgbench  same SQL transaction':<34}{pg['tps']:>9.0f}"
+        f"   (TPS; avg latency {pg['latency_ms']:.1f} ms, {pg['failed']:.0f} failed)"
+    )
+    other = max(r.other_load for r in (ceiling, random_, hot))
+    lines.append(
+        f"other processes on this machine used up to {other:.2f} of {os.cpu_count()} cores"
+        " during the wrk runs"
+        + ("  (WARNING: figures disturbed; rerun on a quiet machine)" if other > 0.15 else "")
+    )
+    lines += ["", f"{'ratio':<34}{'value':>9}{'target':>10}   result"]
+    for (label, value, target, _), ok in zip(ratios, passes, strict=True):
+        lines.append(f"{label:<34}{value:>9.2f}{target:>10}   {mark(ok)}")
+    lines += ["", "correctness"]
+    for c in checks:
+        lines.append(f"  {mark(c.ok)}  {c.name}: {c.detail}")
+    lines += [
+        "",
+        f"performance targets: {mark(perf_ok)}   correctness: {mark(data_ok)}",
+    ]
+    return "\n".join(lines), perf_ok, data_ok
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--workers", type=int, default=int(os.environ.get("STOCKROOM_BENCH_WORKERS", "1"))
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads and pgbench -j")
+    parser.add_argument(
+        "--pgbench-clients",
+        type=int,
+        default=None,
+        help="pgbench clients; default: the API's DB connections (pool size x workers), the"
+        " concurrency the database sees from the API",
+    )
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--hot", type=int, default=5, help="how many hot SKUs")
+    parser.add_argument("--budget", type=int, default=170, help="stop after this many seconds")
+    parser.add_argument("--keep-logs", action="store_true", help="keep wrk/pgbench/API logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the figures, profile the API with py-spy during one more restock run",
+    )
+    args = parser.parse_args(argv)
+
+    bench = Bench(
+        args=args,
+        admin_url=os.environ.get("STOCKROOM_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+        redis_url=os.environ.get("STOCKROOM_BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        workers=args.workers,
+    )
+    if args.pgbench_clients is None:
+        args.pgbench_clients = bench.pool_size * bench.workers
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGALRM:
+            raise BenchError(f"the benchmark exceeded its budget of {args.budget} s")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.alarm(args.budget)
+    started = time.monotonic()
+    failed = True
+    try:
+        bench.ensure_tools()
+        bench.create_database()
+        bench.start_api()
+        ceiling = bench.measure(
+            "ceiling", "ceiling.lua", bench.base_url + "/healthz", lambda _phase: []
+        )
+        random_ = bench.measure(
+            "random", "restock.lua", bench.base_url, bench.restock_args("random")
+        )
+        hot = bench.measure("hot", "restock.lua", bench.base_url, bench.restock_args("hot"))
+        pg = bench.pgbench()
+        if args.profile:
+            bench.profile()
+        log("verifying the data")
+        checks = asyncio.run(bench.verify({"ceiling": ceiling, "random": random_, "hot": hot}))
+        table, perf_ok, data_ok = report(bench, ceiling, random_, hot, pg, checks)
+        print(table)
+        failed = not data_ok
+        status = 1 if not data_ok else (0 if perf_ok else 3)
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        status = 1
+    finally:
+        signal.alarm(0)
+        bench.cleanup()
+        if args.keep_logs or args.profile or failed:
+            log(f"logs kept in {bench.workdir}")
+        else:
+            shutil.rmtree(bench.workdir, ignore_errors=True)
+    log(f"finished in {time.monotonic() - started:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
