@@ -22,6 +22,13 @@ Settings (environment): ``STOCKROOM_BENCH_DATABASE_URL`` (an admin URL, default
 ``redis://127.0.0.1:6379/0``), ``STOCKROOM_BENCH_WORKERS`` (uvicorn workers, default 1).
 Other ``STOCKROOM_*`` settings (``STOCKROOM_DB_POOL_SIZE``...) pass through to the API.
 
+pgbench runs with as many clients as the API has database connections (pool size x workers:
+the concurrency the database sees from the API; ``--pgbench-clients 64`` measured ~10 % lower).
+The table also gives the CPU each request cost the API process and its database backends, and
+how much CPU other processes used meanwhile: on a shared machine, figures taken while that is
+not near 0 are disturbed. ``--profile`` adds a py-spy profile of the API (py-spy on PATH or in
+``STOCKROOM_BENCH_PYSPY``) during one more restock run, after the figures.
+
 Exit status: 0 when every target is met and the data is right, 1 on an error or a
 correctness failure, 3 when the data is right but a performance target is missed.
 """

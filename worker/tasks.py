@@ -9,6 +9,7 @@ from shared import idempotency
 from shared.audit import service as audit
 from shared.jobs import service as jobs
 from shared.jobs.outbox import relay_pending
+from shared.reports.storage import purge_expired_reports
 from worker.context import context_of
 
 log = logging.getLogger("stockroom.worker")
@@ -47,7 +48,11 @@ async def relay_outbox(ctx: dict[str, Any]) -> None:
 
 
 async def purge_expired(ctx: dict[str, Any]) -> None:
+    """Idempotency records past 24 h; reports past their retention, and orphan chunks."""
     state = context_of(ctx)
     async with state.db.pool.acquire() as conn:
         while await idempotency.purge_expired(conn) > 0:
             pass
+        expired = await purge_expired_reports(conn)
+    if expired:
+        log.info("expired reports purged", extra={"count": expired})

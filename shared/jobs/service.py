@@ -319,14 +319,17 @@ async def hand_back(conn: Connection, job_id: uuid.UUID, worker_id: str) -> int 
 
 async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
     """Jobs whose worker stopped renewing its lease go back to the queue (the attempt that
-    died counts). A job out of attempts fails instead."""
+    died counts). A job out of attempts fails instead; one whose cancel was requested is
+    cancelled."""
     rows = await conn.fetch(
         """
         UPDATE jobs SET
-            status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-            error = CASE WHEN attempts >= max_attempts
+            status = CASE WHEN cancel_requested THEN 'cancelled'
+                WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+            error = CASE WHEN NOT cancel_requested AND attempts >= max_attempts
                 THEN 'worker lost while running the last attempt' ELSE error END,
-            finished_at = CASE WHEN attempts >= max_attempts THEN now() ELSE NULL END,
+            finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts
+                THEN now() ELSE NULL END,
             worker_id = NULL, lease_until = NULL, generation = generation + 1,
             enqueued_at = NULL, run_after = now()
         WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()

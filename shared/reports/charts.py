@@ -141,22 +141,25 @@ def _low_stock(fig: Any, doc: dict[str, Any]) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
+_LEFT = {"valuation": 0.12, "movements": 0.07, "low_stock": 0.16}
 _DRAW = {"valuation": _valuation, "movements": _movements, "low_stock": _low_stock}
 
 
 def render_chart(doc: dict[str, Any]) -> bytes:
-    fig = plt.figure(figsize=(12, 6.5), dpi=100, layout="constrained")
+    fig = plt.figure(figsize=(12, 6.5), dpi=100)
     try:
         _DRAW[doc["kind"]](fig, doc)
         fig.text(
-            0.995,
+            0.005,
             0.005,
             f"Stockroom · generated {doc['generated_at'][:19]}Z",
-            ha="right",
+            ha="left",
             va="bottom",
             fontsize=7,
             color=GREY,
         )
+        # fixed margins: a constrained layout costs more than the drawing
+        fig.subplots_adjust(left=_LEFT[doc["kind"]], right=0.97, top=0.88, bottom=0.1, wspace=0.35)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
     finally:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from pydantic import ValidationError
@@ -52,7 +52,12 @@ from shared.reports.schemas import (
 
 log = logging.getLogger("stockroom.reports")
 
-Progress = Callable[[int], Awaitable[None]]
+
+class Progress(Protocol):
+    """Records the job's progress (rate-limited unless ``force``: a phase's end is forced)."""
+
+    async def __call__(self, percent: int, *, force: bool = False) -> None: ...
+
 
 # After a publish is refused (cancel requested, or the lease lost) the job's runner cancels this
 # task within about a second; waiting for that keeps the outcome the runner's to record.
@@ -320,7 +325,7 @@ async def _generate(
     fmt = request.format
     blob_id = uuid.uuid4()
     generated_at = datetime.now(UTC)
-    await progress(0)
+    await progress(0, force=True)
     convert_proc: asyncio.subprocess.Process | None = None
     charting: asyncio.Task[bytes] | None = None
     try:
@@ -349,7 +354,7 @@ async def _generate(
                 # The chart needs only the totals: it is drawn while the rows still stream.
                 charting = asyncio.create_task(_draw_chart(summarising, request, generated_at))
                 try:
-                    await progress(5)
+                    await progress(5, force=True)
                     tracker.estimate(await queries.estimate_rows(read_conn, definition))
                     if fmt is ReportFormat.csv:
 
@@ -388,13 +393,13 @@ async def _generate(
                         with contextlib.suppress(BaseException):
                             await summarising
             await file.close()
-            await progress(95)
+            await progress(95, force=True)
 
             png = await charting
             chart = storage.ChunkWriter(write_conn, report_id, blob_id, storage.PART_CHART)
             await chart.write(png)
             await chart.close()
-            await progress(97)
+            await progress(97, force=True)
 
             published = await storage.publish(
                 write_conn,

@@ -234,3 +234,30 @@ async def test_sigterm_lets_a_short_job_finish(
     assert worker.wait(timeout=30) == 0
     done = await job(alerting_client, admin, job_id)
     assert done["status"] == "complete" and done["attempts"] == 1
+
+
+async def test_reaper_finishes_a_cancelled_job_of_a_dead_worker(db: Database) -> None:
+    from shared.jobs import service as jobs_service
+
+    async with db.pool.acquire() as conn:
+        cancelled, lost, spent = await conn.fetchval(
+            """
+            WITH j AS (
+                INSERT INTO jobs (kind, payload, max_attempts, status, attempts, worker_id,
+                                  lease_until, cancel_requested)
+                VALUES ('webhook', '{}', 5, 'in_progress', 1, 'gone:1', '2000-01-01', true),
+                       ('webhook', '{}', 5, 'in_progress', 1, 'gone:1', '2000-01-01', false),
+                       ('webhook', '{}', 1, 'in_progress', 1, 'gone:1', '2000-01-01', false)
+                RETURNING id)
+            SELECT array_agg(id) FROM j
+            """
+        )
+        requeued = await jobs_service.reclaim_expired(conn)
+        rows = {
+            r["id"]: (r["status"], r["generation"])
+            for r in await conn.fetch("SELECT id, status, generation FROM jobs")
+        }
+    assert rows[cancelled] == ("cancelled", 1)
+    assert rows[lost] == ("queued", 1)
+    assert rows[spent][0] == "failed"
+    assert requeued == [(lost, 1)]
