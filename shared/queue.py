@@ -150,9 +150,9 @@ class Queue:
         )
 
     async def follow_up_audit_drain(self, delay_seconds: float = 0.02) -> None:
-        """One more drain shortly after a drain ends. A wake-up sent while a drain is
-        finishing is dropped (ARQ still holds the drain's id), so events committed in that
-        window would otherwise wait for the relay (1-2 s). The follow-up's id is unique."""
+        """A drain under a unique id, which nothing can coalesce away: shortly after a drain
+        ends (a wake-up sent while a drain is finishing is dropped, since ARQ still holds the
+        drain's id) and from the relay when events wait longer than they should."""
         await self.redis.enqueue_job(
             TASK_DRAIN_AUDIT,
             _job_id=f"{audit_drain_job_id(self.queue_name)}:follow-up:{uuid.uuid4().hex}",

@@ -126,6 +126,8 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     redis = Redis.from_url(environment.redis_url)
     try:
         await redis.delete(environment.queue_name)
+        async for key in redis.scan_iter(match=f"arq:*{environment.queue_name}*", count=1000):
+            await redis.delete(key)
     finally:
         await redis.aclose()
 

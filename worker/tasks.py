@@ -43,7 +43,9 @@ async def relay_outbox(ctx: dict[str, Any]) -> None:
         if reclaimed:
             log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
         if await audit.pending_older_than(conn, 1.0):
-            await state.queue.kick_audit_drain()
+            # Under a fresh id: the coalesced drain's id can be held for a minute by ARQ after
+            # a worker died while running it, and must not hold back the audit log.
+            await state.queue.follow_up_audit_drain(0)
         await relay_pending(conn, state.queue)
 
 
