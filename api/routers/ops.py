@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -34,4 +33,4 @@ async def queue(conn: ConnDep, state: StateDep, _: Admin) -> QueueStats:
 async def workers(state: StateDep, _: Admin) -> list[WorkerInfo]:
     """Workers whose heartbeat (every 5 s, expiring after 20 s) is live."""
     found = [WorkerInfo.model_validate(w) for w in await state.queue.live_workers()]
-    return sorted(found, key=lambda w: (w.host, w.pid, w.started_at or datetime.min))
+    return sorted(found, key=lambda w: (w.host, w.pid))

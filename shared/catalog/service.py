@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.sql import Select
 
 from shared.audit.events import record_event
@@ -184,7 +184,7 @@ def _list_query(category: str | None, q: str | None, after: str | None, limit: i
             | func.lower(p.c.title).like(pattern, escape="\\")
         )
     if after is not None:
-        stmt = stmt.where(and_(p.c.sku > after))
+        stmt = stmt.where(p.c.sku > after)
     return stmt.order_by(p.c.sku).limit(limit + 1)
 
 

@@ -21,7 +21,7 @@ from shared.errors import JobStateConflict, NotFound
 from shared.jobs.kinds import FINISHED_STATUSES, JobKind, JobStatus
 from shared.jobs.outbox import create_job
 from shared.jobs.schemas import Job, JobLinks, QueueStats
-from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 
 LEASE_SECONDS = 15
 BACKOFF_BASE_SECONDS = 1.0
@@ -81,8 +81,6 @@ async def list_jobs(
                 uuid.UUID(last_id),
             )
         except ValueError:
-            from shared.pagination import InvalidCursor
-
             raise InvalidCursor("cursor is not one this API issued") from None
     else:
         after = None
