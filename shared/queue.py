@@ -1,11 +1,13 @@
 """The queue: the only module that imports ``arq``.
 
-Jobs are durable rows in PostgreSQL (``jobs``, the outbox); Redis carries only wake-ups:
+Jobs are durable rows in PostgreSQL (``jobs``, the outbox). Redis carries the audit wake-ups,
+the cron ticks and the worker heartbeats:
 - audit events are drained in batches by one coalesced ARQ job, ``drain_audit``, whose fixed
-  ``_job_id`` makes a thousand enqueues in a burst one job;
-- every other job kind travels as ``run_job(job_id)`` with ``_job_id`` = the job's id.
-Dispatch happens after the database commit and is best effort: when Redis is down the rows
-stay in the outbox and the worker's relay cron hands them over once it is back.
+  ``_job_id`` makes a thousand enqueues in a burst one job; the wake-up is sent after the
+  database commit and is best effort: when Redis is down the events wait in the outbox and
+  the worker's relay cron wakes a drain once it is back;
+- every other job kind never travels through Redis: workers claim due rows from PostgreSQL in
+  batches, woken by the ``NOTIFY`` that the row's own INSERT sends (``shared.jobs.outbox``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +26,7 @@ from typing import Any, cast
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import default_queue_name, in_progress_key_prefix
 from arq.cron import cron
-from arq.worker import Retry, Worker, func
+from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +37,8 @@ from shared.jobs.kinds import JobKind
 log = logging.getLogger("stockroom.queue")
 
 TASK_DRAIN_AUDIT = "drain_audit"
+# What API replicas older than the PostgreSQL-claimed jobs enqueued for each job; a worker
+# keeps the name registered as a plain wake-up during a rolling upgrade.
 TASK_RUN_JOB = "run_job"
 
 # ARQ's job keys are global to the Redis database, not per queue: ids are namespaced by queue
@@ -100,23 +105,13 @@ class Queue:
             return False
 
     async def dispatch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
-        """Hand committed jobs to the queue; returns the ids of ``run_job`` jobs handed over
-        (the caller marks them enqueued). Never raises: what is not handed over stays in the
-        outbox for the relay."""
-        if not jobs or time.monotonic() < self._down_until:
-            return []
-        handed: list[uuid.UUID] = []
-        try:
-            if any(job.kind == JobKind.audit for job in jobs):
-                self._schedule_audit_kick()
-            for job in jobs:
-                if job.kind != JobKind.audit:
-                    await self.enqueue_run_job(job.id, 0)
-                    handed.append(job.id)
-        except Exception as exc:
-            self._down_until = time.monotonic() + self.BACKOFF_SECONDS
-            log.warning("queue dispatch failed; the outbox relay will deliver: %s", exc)
-        return handed
+        """Wake the workers for jobs that have just committed. Returns the ids of the jobs
+        handed over to Redis for the caller to mark enqueued: none any more — audit events
+        are drained from the outbox, and every other job woke the workers by ``NOTIFY`` at
+        commit. Never raises: an audit wake-up that fails is sent again by the relay."""
+        if time.monotonic() >= self._down_until and any(j.kind == JobKind.audit for j in jobs):
+            self._schedule_audit_kick()
+        return []
 
     # Under load every request writes an audit event; one wake-up per this interval per
     # process is enough (a drain takes everything pending, and a follow-up drain closes the
@@ -162,20 +157,6 @@ class Queue:
 
     def is_follow_up_drain(self, arq_job_id: str | None) -> bool:
         return bool(arq_job_id) and ":follow-up:" in str(arq_job_id)
-
-    async def enqueue_run_job(
-        self, job_id: uuid.UUID, generation: int, defer_seconds: float = 0
-    ) -> bool:
-        """Hand over one generation of a job; ``False`` when the queue already holds it."""
-        job = await self.redis.enqueue_job(
-            TASK_RUN_JOB,
-            str(job_id),
-            generation,
-            _job_id=f"{job_id}:{generation}",
-            _queue_name=self.queue_name,
-            _defer_by=defer_seconds or None,
-        )
-        return job is not None
 
     def _worker_key(self, worker_id: str) -> str:
         return f"stockroom:{self.queue_name}:worker:{worker_id}"
@@ -223,12 +204,18 @@ class CronSpec:
     every_seconds: int  # 1, 2, 3, 5, 10, 15, 20 or 30: a divisor of 60
 
 
+_REDIS_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
 class WorkerRunner:
     """An ARQ worker built from our task table; ``run()`` blocks and handles SIGINT/SIGTERM.
 
-    ARQ's worker exits when Redis goes away mid-poll; ours starts a new one after a pause
-    (the database pool and heartbeat go through ``on_shutdown``/``on_startup`` again), so a
-    Redis outage needs no process supervisor to recover from."""
+    ``on_startup`` runs each time an ARQ worker starts, ``on_shutdown`` once, when the process
+    stops (signal, end of a burst). ARQ's worker exits when Redis goes away mid-poll; ours
+    starts a new one after a pause, keeping the event loop running and the process's other
+    work (the PostgreSQL job drain, its leases) undisturbed, so a Redis outage needs no
+    process supervisor to recover from. ``on_stop_requested`` is called at SIGINT/SIGTERM,
+    before ARQ's own handling: the process stops taking work at once."""
 
     RESTART_DELAY_SECONDS = 1.0
 
@@ -243,11 +230,16 @@ class WorkerRunner:
         poll_delay: float,
         on_startup: Callable[[dict[str, Any]], Awaitable[None]],
         on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
+        on_stop_requested: Callable[[], None] | None = None,
         burst: bool = False,
         handle_signals: bool = True,
         shutdown_grace_seconds: int = 20,
     ) -> None:
         self._on_shutdown = on_shutdown
+        self._on_stop_requested = on_stop_requested
+        self._handle_signals = handle_signals
+        self._stopping = False
+        self._shut_down = False
         functions = [
             func(
                 cast(Any, t.coroutine),
@@ -282,30 +274,64 @@ class WorkerRunner:
             "keep_result": 0,
             "max_tries": 1000,
             "on_startup": cast(Any, on_startup),
-            "on_shutdown": cast(Any, on_shutdown),
+            "on_shutdown": cast(Any, self._arq_shutdown),
             "burst": burst,
             "handle_signals": handle_signals,
             "allow_abort_jobs": False,
             "health_check_interval": 30,
             # SIGTERM: stop taking jobs, let running ones finish for this long, then cancel
-            # them (our run_job hands a cancelled job back without counting the attempt).
+            # them (ARQ's tasks are short: audit drains and cron ticks).
             "job_completion_wait": shutdown_grace_seconds,
         }
         self.worker = self._new_worker()
 
     def _new_worker(self) -> Worker:
-        return Worker(**self._options)
+        worker = Worker(**self._options)
+        if self._handle_signals:
+            arq_handler = (
+                worker.handle_sig_wait_for_completion
+                if self._options["job_completion_wait"]
+                else worker.handle_sig
+            )
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                worker.loop.add_signal_handler(signum, self._on_signal, arq_handler, signum)
+        return worker
+
+    def _on_signal(self, arq_handler: Callable[[signal.Signals], None], signum: int) -> None:
+        if not self._stopping:
+            self._stopping = True
+            if self._on_stop_requested is not None:
+                self._on_stop_requested()
+        arq_handler(signal.Signals(signum))
+
+    def _lost_redis(self) -> bool:
+        task = self.worker.main_task
+        if task is None or not task.done() or task.cancelled():
+            return False
+        return isinstance(task.exception(), _REDIS_LOST)
+
+    async def _arq_shutdown(self, ctx: dict[str, Any]) -> None:
+        """ARQ's shutdown hook: the process's shutdown, unless this ARQ worker is only being
+        replaced after losing Redis."""
+        if self._stopping or not self._lost_redis():
+            await self._shutdown(ctx)
+
+    async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            await self._on_shutdown(ctx)
 
     def run(self) -> None:
         while True:
             try:
                 self.worker.run()
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except _REDIS_LOST as exc:
+                if self._stopping:  # Redis went away while we were stopping anyway
+                    self.worker.loop.run_until_complete(self._shutdown(self.worker.ctx))
+                    return
                 log.error("worker lost Redis (%s); starting again", exc)
-                with contextlib.suppress(Exception):
-                    self.worker.loop.run_until_complete(self._on_shutdown(self.worker.ctx))
-                time.sleep(self.RESTART_DELAY_SECONDS)
+                self.worker.loop.run_until_complete(asyncio.sleep(self.RESTART_DELAY_SECONDS))
                 self.worker = self._new_worker()
 
     async def run_async(self) -> None:
@@ -313,8 +339,3 @@ class WorkerRunner:
 
     async def close(self) -> None:
         await self.worker.close()
-
-
-def retry_exception(defer_seconds: float) -> BaseException:
-    """The transport's own 'run me again later' exception."""
-    return Retry(defer=defer_seconds)

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from api.app import create_app
-from tests.conftest import Env
+from shared.db.database import Database
+from tests.conftest import Env, count
+from tests.waiting import eventually
 from tests.worker.receiver import Receiver, serve
 
 WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cy0xMjM0NTY3ODkwMTIzNDU2"
@@ -91,3 +93,13 @@ async def make_low_stock_job(
     items: list[dict[str, Any]] = jobs.json()["items"]  # newest first
     assert len(items) == expect, items
     return str(items[0]["id"])
+
+
+async def wait_complete(db: Database, job_id: object, timeout: float, what: str) -> None:
+    """Until the job's record says ``complete``."""
+
+    async def complete() -> bool:
+        sql = "SELECT count(*) FROM jobs WHERE id = $1 AND status = 'complete'"
+        return await count(db, sql, job_id) == 1
+
+    await eventually(complete, timeout=timeout, what=what)

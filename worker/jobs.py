@@ -1,13 +1,19 @@
-"""``run_job``: one attempt of a durable job, under a lease, with our retry policy.
+"""Durable jobs: each worker process drains them from PostgreSQL, under leases, with our retry
+policy. Redis plays no part: the ``jobs`` rows are the queue.
 
-- claim: the job's row goes ``in_progress`` under a lease for this worker (a stale or
-  duplicate delivery claims nothing and returns);
-- while the handler runs, the lease is renewed every second; the renewal also reads
-  ``cancel_requested`` (a cancel stops the handler within about a second) and notices a lost
-  lease (the job was reclaimed: this copy stops);
-- outcome: complete; transient failure → back to the queue after exponential backoff with
-  jitter, until ``max_attempts``; permanent failure → failed at once, with a readable error;
-  worker shutdown → handed back without counting the attempt.
+- claim: one statement takes as many due jobs as there are free slots (``WORKER_CONCURRENCY``
+  at most running), each under a lease, counting an attempt (``jobs.claim_due``);
+- wake-ups: the ``NOTIFY`` sent by each new job's INSERT at commit (``shared.jobs.wakeups``),
+  a poll every ``POLL_EVERY_SECONDS``, this worker's own delayed retries coming due, and a
+  finished job while more may be due. A lost wake-up costs latency, never a job;
+- lease: one statement a second renews the leases of all this process's running jobs and
+  reads ``cancel_requested`` (a cancel stops the handler within about a second); a job no
+  longer ours (reclaimed after a lapse) is stopped;
+- outcome: complete (completions that arrive while one statement is in flight go together in
+  the next); transient failure → due again after exponential backoff with jitter, until
+  ``max_attempts``; permanent failure → failed at once, with a readable error; worker
+  shutdown → what has not finished within the grace period is handed back without counting
+  the attempt.
 """
 
 from __future__ import annotations
@@ -17,22 +23,26 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from shared import metrics
 from shared.jobs import service as jobs
-from shared.jobs.outbox import mark_enqueued
 from shared.jobs.retry import describe, is_transient
+from shared.jobs.wakeups import listen_for_jobs
 from shared.logs import request_id_var
-from shared.queue import retry_exception
-from worker.context import WorkerContext, context_of
+from worker.context import WorkerContext
 
 log = logging.getLogger("stockroom.worker")
 
 RENEW_EVERY_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 0.5
+POLL_EVERY_SECONDS = 0.5
+CLAIM_BATCH = 100
+CLAIM_RETRY_SECONDS = 1.0
+
+StopReason = Literal["cancelled", "lost", "shutdown"]
 
 
 @dataclass(slots=True)
@@ -42,7 +52,8 @@ class JobRun:
     job: jobs.ClaimedJob
     state: WorkerContext
     _last_progress: float = 0.0
-    _stop_reason: str | None = field(default=None)
+    stop_reason: StopReason | None = None
+    finishing: bool = False  # the handler has returned or raised: nothing left to stop
 
     async def progress(self, percent: int, *, force: bool = False) -> None:
         """Record progress (at most twice a second unless ``force``)."""
@@ -57,134 +68,284 @@ class JobRun:
 Handler = Callable[[JobRun], Coroutine[Any, Any, dict[str, Any]]]
 
 
-async def _keep_lease(run: JobRun, task: asyncio.Task[dict[str, Any]]) -> None:
-    state = run.state
-    while not task.done():
-        await asyncio.sleep(RENEW_EVERY_SECONDS)
-        try:
-            async with state.db.pool.acquire() as conn:
-                cancel = await jobs.renew_lease(conn, run.job.id, state.worker_id)
-        except Exception as exc:  # the lease outlives a short database blip
-            log.warning("lease renewal failed: %s", exc)
-            continue
-        if cancel is None or cancel:
-            run._stop_reason = "lost" if cancel is None else "cancelled"
-            task.cancel()
-            return
-
-
-async def run_job(ctx: dict[str, Any], job_id: str, generation: int) -> str:
-    state = context_of(ctx)
-    handlers: dict[str, Handler] = ctx["handlers"]
-    try:
-        async with state.db.pool.acquire() as conn:
-            claimed = await jobs.claim(conn, uuid.UUID(job_id), generation, state.worker_id)
-    except Exception as exc:
-        if is_transient(exc):  # the database is away: let the queue try this delivery later
-            raise retry_exception(5.0) from exc
-        raise
-    if claimed is None:
-        return "skipped"
-    token = request_id_var.set(claimed.request_id)
-    state.jobs_running += 1
-    started = time.monotonic()
-    run = JobRun(job=claimed, state=state)
-    handler = handlers.get(claimed.kind) or _unknown_kind
-    task = asyncio.create_task(handler(run))
-    try:
-        lease = asyncio.create_task(_keep_lease(run, task))
-        try:
-            result = await asyncio.shield(task)
-        finally:
-            lease.cancel()
-        await _finish(
-            state, claimed, lambda conn: jobs.complete(conn, claimed.id, state.worker_id, result)
-        )
-        metrics.JOBS_COMPLETED.labels(claimed.kind).inc()
-        log.info(
-            "job complete",
-            extra={"job_id": str(claimed.id), "kind": claimed.kind, "attempt": claimed.attempt},
-        )
-        return "complete"
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            # ARQ is shutting the worker down: stop the handler, hand the job back.
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            await _hand_back(state, claimed)
-            raise
-        if run._stop_reason == "cancelled":
-            await _finish(
-                state, claimed, lambda conn: jobs.mark_cancelled(conn, claimed.id, state.worker_id)
-            )
-            return "cancelled"
-        return "lost-lease"
-    except Exception as exc:
-        await _after_failure(state, claimed, exc)
-        return "failed"
-    finally:
-        metrics.JOB_DURATION.labels(claimed.kind).observe(time.monotonic() - started)
-        state.jobs_running -= 1
-        state.jobs_done += 1
-        request_id_var.reset(token)
-
-
 async def _unknown_kind(run: JobRun) -> dict[str, Any]:
     raise LookupError(f"this worker has no handler for job kind {run.job.kind!r}")
 
 
-async def _finish(
-    state: WorkerContext, job: jobs.ClaimedJob, write: Callable[[Any], Awaitable[Any]]
-) -> None:
-    async with state.db.pool.acquire() as conn:
-        await write(conn)
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the job drain stopped: %r", task.exception())
 
 
-async def _after_failure(state: WorkerContext, job: jobs.ClaimedJob, exc: Exception) -> None:
-    error = describe(exc)
-    if is_transient(exc) and job.attempt < job.max_attempts:
-        delay = jobs.backoff_seconds(job.attempt)
-        async with state.db.pool.acquire() as conn:
-            generation = await jobs.schedule_retry(conn, job.id, state.worker_id, error, delay)
-        metrics.JOBS_RETRIED.labels(job.kind).inc()
-        log.warning(
-            "job attempt failed; retrying",
-            extra={
-                "job_id": str(job.id),
-                "attempt": job.attempt,
-                "delay": round(delay, 2),
-                "error": error,
-            },
+class _Completions:
+    """Job completions, coalesced: those submitted while one statement is in flight (or in
+    the same event-loop tick) are written together by the next one."""
+
+    def __init__(self, state: WorkerContext) -> None:
+        self._state = state
+        self._pending: list[tuple[uuid.UUID, dict[str, Any], asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def complete(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
+        """``True`` when the job is now complete; ``False`` when it was no longer ours."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((job_id, result, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the jobs finishing in this tick join the first statement
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self._state.db.pool.acquire() as conn:
+                        completed = await jobs.complete_many(
+                            conn, self._state.worker_id, [(i, r) for i, r, _ in batch]
+                        )
+                except Exception as exc:
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for job_id, _, done in batch:
+                    if not done.done():
+                        done.set_result(job_id in completed)
+        finally:
+            self._writer = None
+
+
+class JobDrain:
+    """One per worker process: claims, runs and finishes durable jobs (see the module)."""
+
+    def __init__(
+        self, state: WorkerContext, handlers: dict[str, Handler], *, database_url: str
+    ) -> None:
+        self._state = state
+        self._handlers = handlers
+        self._database_url = database_url
+        self._concurrency = state.settings.worker_concurrency
+        self._completions = _Completions(state)
+        self._runs: dict[uuid.UUID, tuple[JobRun, asyncio.Task[None]]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._more_due = False
+        self._retry_at: float | None = None
+        self._stopping = False
+        self._deadline: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop()),
+            asyncio.create_task(self._lease_loop()),
+            asyncio.create_task(listen_for_jobs(self._database_url, self.wake)),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Take no more jobs; running ones have ``WORKER_SHUTDOWN_GRACE_SECONDS`` from now."""
+        if not self._stopping:
+            self._stopping = True
+            self._deadline = time.monotonic() + self._state.settings.worker_shutdown_grace_seconds
+            self._wake.set()
+
+    async def stop(self, *, drain: bool = False) -> None:
+        """Stop (after running every due job first, with ``drain``): wait for running jobs
+        until the grace period ends, then stop their handlers and hand the jobs back."""
+        if drain and not self._stopping:
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+        self.request_stop()
+        assert self._deadline is not None
+        if self._tasks:
+            with contextlib.suppress(BaseException):  # a claim in flight starts its jobs first
+                await self._tasks[0]
+        running = [task for _, task in self._runs.values()]
+        if running:
+            await asyncio.wait(running, timeout=max(0.0, self._deadline - time.monotonic()))
+        shutdown = [run for run, task in self._runs.values() if not run.finishing]
+        for run in shutdown:
+            run.stop_reason = "shutdown"
+            self._runs[run.job.id][1].cancel()
+        if self._runs:
+            await asyncio.wait([task for _, task in self._runs.values()])
+        if shutdown:
+            await self._hand_back([run.job.id for run in shutdown])
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    # --- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        state = self._state
+        while not self._stopping:
+            self._wake.clear()
+            if self._retry_at is not None and self._retry_at <= time.monotonic():
+                self._retry_at = None  # this claim takes the retry that came due
+            free = self._concurrency - len(self._runs)
+            if free > 0:
+                limit = min(free, CLAIM_BATCH)
+                try:
+                    async with state.db.pool.acquire() as conn:
+                        claimed = await jobs.claim_due(conn, state.worker_id, limit)
+                except Exception as exc:
+                    log.warning("claiming jobs failed: %s", exc)
+                    await self._sleep(CLAIM_RETRY_SECONDS)
+                    continue
+                for job in claimed:
+                    self._start(job)
+                self._more_due = len(claimed) == limit
+                if not self._runs:
+                    self._idle.set()
+                if self._more_due and len(self._runs) < self._concurrency:
+                    continue
+            else:
+                self._more_due = True  # a slot that frees up wakes the loop
+            await self._sleep(POLL_EVERY_SECONDS)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._retry_at is not None:
+            seconds = max(0.0, min(seconds, self._retry_at - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    def _start(self, job: jobs.ClaimedJob) -> None:
+        run = JobRun(job=job, state=self._state)
+        task = asyncio.create_task(self._run(run))
+        self._runs[job.id] = (run, task)
+        task.add_done_callback(lambda _: self._finished(job.id, task))
+
+    def _finished(self, job_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+        entry = self._runs.get(job_id)
+        if entry is not None and entry[1] is task:  # not a later claim of the same job
+            del self._runs[job_id]
+        if self._more_due:
+            self._wake.set()
+
+    # --- one job -----------------------------------------------------------------------------
+
+    async def _run(self, run: JobRun) -> None:
+        state, job = self._state, run.job
+        token = request_id_var.set(job.request_id)
+        state.jobs_running += 1
+        started = time.monotonic()
+        handler = self._handlers.get(job.kind) or _unknown_kind
+        try:
+            try:
+                result = await handler(run)
+            finally:
+                run.finishing = True
+            await self._complete(job, result)
+        except asyncio.CancelledError:
+            if run.stop_reason is None:
+                raise
+            await self._stopped(run)
+        except Exception as exc:
+            await self._after_failure(job, exc)
+        finally:
+            metrics.JOB_DURATION.labels(job.kind).observe(time.monotonic() - started)
+            state.jobs_running -= 1
+            state.jobs_done += 1
+            request_id_var.reset(token)
+
+    async def _complete(self, job: jobs.ClaimedJob, result: dict[str, Any]) -> None:
+        extra = {"job_id": str(job.id), "kind": job.kind, "attempt": job.attempt}
+        try:
+            completed = await self._completions.complete(job.id, result)
+        except Exception as exc:  # the lease lapses and the job runs again
+            log.error("could not record a completed job: %s", exc, extra=extra)
+            return
+        if completed:
+            metrics.JOBS_COMPLETED.labels(job.kind).inc()
+            log.info("job complete", extra=extra)
+        else:
+            log.warning("job finished after its lease was lost; not recorded", extra=extra)
+
+    async def _stopped(self, run: JobRun) -> None:
+        job = run.job
+        if run.stop_reason == "cancelled":
+            await self._write(jobs.mark_cancelled, job.id, self._state.worker_id)
+            log.info("job cancelled", extra={"job_id": str(job.id)})
+        elif run.stop_reason == "lost":
+            log.warning("job lease lost; this copy stopped", extra={"job_id": str(job.id)})
+        # "shutdown": stop() hands the jobs back together
+
+    async def _after_failure(self, job: jobs.ClaimedJob, exc: Exception) -> None:
+        state = self._state
+        error = describe(exc)
+        if is_transient(exc) and job.attempt < job.max_attempts:
+            delay = jobs.backoff_seconds(job.attempt)
+            await self._write(jobs.schedule_retry, job.id, state.worker_id, error, delay)
+            metrics.JOBS_RETRIED.labels(job.kind).inc()
+            log.warning(
+                "job attempt failed; retrying",
+                extra={
+                    "job_id": str(job.id),
+                    "attempt": job.attempt,
+                    "delay": round(delay, 2),
+                    "error": error,
+                },
+            )
+            due = time.monotonic() + delay
+            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+            self._wake.set()  # the claim loop sleeps until then at most
+            return
+        if is_transient(exc):
+            error = f"gave up after {job.attempt} attempts: {error}"
+        await self._write(jobs.fail, job.id, state.worker_id, error)
+        metrics.JOBS_FAILED.labels(job.kind).inc()
+        log.error(
+            "job failed", extra={"job_id": str(job.id), "attempt": job.attempt, "error": error}
         )
-        if generation is not None:
-            await _enqueue(state, job.id, generation, delay)
-        return
-    if is_transient(exc):
-        error = f"gave up after {job.attempt} attempts: {error}"
-    async with state.db.pool.acquire() as conn:
-        await jobs.fail(conn, job.id, state.worker_id, error)
-    metrics.JOBS_FAILED.labels(job.kind).inc()
-    log.error("job failed", extra={"job_id": str(job.id), "attempt": job.attempt, "error": error})
 
+    async def _write(self, statement: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """One outcome write; if the database is away, the lease lapses and the reaper
+        returns the job."""
+        try:
+            async with self._state.db.pool.acquire() as conn:
+                await statement(conn, *args)
+        except Exception as exc:
+            log.warning("could not record a job's outcome: %s", exc)
 
-async def _hand_back(state: WorkerContext, job: jobs.ClaimedJob) -> None:
-    try:
-        async with state.db.pool.acquire() as conn:
-            generation = await jobs.hand_back(conn, job.id, state.worker_id)
-    except Exception as exc:  # the lease lapses and the reaper returns the job
-        log.warning("could not hand back job %s: %s", job.id, exc)
-        return
-    if generation is not None:
-        await _enqueue(state, job.id, generation, 0)
+    async def _hand_back(self, job_ids: list[uuid.UUID]) -> None:
+        try:
+            async with self._state.db.pool.acquire() as conn:
+                count = await jobs.hand_back(conn, self._state.worker_id, job_ids)
+        except Exception as exc:  # the leases lapse and the reaper returns the jobs
+            log.warning("could not hand back jobs: %s", exc)
+            return
+        log.info("jobs handed back at shutdown", extra={"count": count})
 
+    # --- leases ------------------------------------------------------------------------------
 
-async def _enqueue(state: WorkerContext, job_id: uuid.UUID, generation: int, delay: float) -> None:
-    """Best effort: what is not handed over here, the relay sends."""
-    try:
-        if await state.queue.enqueue_run_job(job_id, generation, delay):
-            async with state.db.pool.acquire() as conn:
-                await mark_enqueued(conn, [job_id])
-    except Exception as exc:
-        log.warning("could not enqueue job %s: %s", job_id, exc)
+    async def _lease_loop(self) -> None:
+        state = self._state
+        while True:
+            await asyncio.sleep(RENEW_EVERY_SECONDS)
+            held = {job_id: run for job_id, (run, _) in self._runs.items() if not run.finishing}
+            if not held:
+                continue
+            try:
+                async with state.db.pool.acquire() as conn:
+                    renewed = await jobs.renew_leases(conn, state.worker_id, list(held))
+            except Exception as exc:  # the lease outlives a short database blip
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            for job_id, run in held.items():
+                entry = self._runs.get(job_id)
+                if entry is None or run.finishing:
+                    continue
+                cancel = renewed.get(job_id)
+                if cancel is None or cancel:
+                    run.stop_reason = "lost" if cancel is None else "cancelled"
+                    entry[1].cancel()

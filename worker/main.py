@@ -1,4 +1,5 @@
-"""``stockroom worker``: one ARQ worker process."""
+"""``stockroom worker``: one worker process — the durable-job drain on PostgreSQL
+(``worker.jobs``) next to an ARQ worker for the audit drain and the cron tasks."""
 
 from __future__ import annotations
 
@@ -22,19 +23,17 @@ from shared.queue import (
 )
 from shared.settings import Settings
 from worker import tasks
-from worker.context import WorkerContext, context_of
+from worker.context import WorkerContext
 from worker.handlers import HANDLERS
-from worker.jobs import run_job
+from worker.jobs import JobDrain
 
 log = logging.getLogger("stockroom.worker")
 
-# Idle pickup latency is about half the poll delay; an idle poll is one ZRANGEBYSCORE.
+# Idle pickup latency of an audit drain is about half the poll delay; an idle poll is one
+# ZRANGEBYSCORE. (Durable jobs are woken by NOTIFY: see worker.jobs.)
 POLL_DELAY_SECONDS = 0.01
 HEARTBEAT_EVERY_SECONDS = 5
 HEARTBEAT_TTL_SECONDS = 20
-# ARQ's own timeout for one attempt. Recovery from a dead worker does not wait for it: our
-# lease (shared.jobs.service.LEASE_SECONDS) brings a lost job back within seconds.
-JOB_TIMEOUT_SECONDS = 3600
 
 CRONS = [
     CronSpec("relay_outbox", tasks.relay_outbox, every_seconds=1),
@@ -51,52 +50,78 @@ async def _heartbeat(state: WorkerContext) -> None:
         await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
 
 
-def build_runner(
-    settings: Settings, *, burst: bool = False, handle_signals: bool = True
-) -> WorkerRunner:
-    database_url = settings.require_database_url()
-    redis_url = settings.require_redis_url()
+class WorkerProcess:
+    """What lives as long as the process, across the ARQ workers that a Redis outage makes
+    the runner replace: the database pool, the job drain, the heartbeat."""
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        if "stockroom" in ctx:  # a restart after a Redis outage whose shutdown was cut short
-            await on_shutdown(ctx)
-        db = await Database.connect(database_url, pool_size=settings.db_pool_size)
-        queue = Queue.from_url(redis_url, settings.queue_name)
-        state = WorkerContext(settings=settings, db=db, queue=queue, http=httpx.AsyncClient())
-        ctx["stockroom"] = state
-        ctx["handlers"] = HANDLERS
-        ctx["heartbeat"] = asyncio.create_task(_heartbeat(state))
-        log.info("worker started", extra={"queue": settings.queue_name, "id": state.worker_id})
+    def __init__(self, settings: Settings, *, burst: bool) -> None:
+        self.settings = settings
+        self.burst = burst
+        self.state: WorkerContext | None = None
+        self.drain: JobDrain | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        if "stockroom" not in ctx:
+    async def on_startup(self, ctx: dict[str, Any]) -> None:
+        if self.state is None:
+            settings = self.settings
+            db = await Database.connect(
+                settings.require_database_url(), pool_size=settings.db_pool_size
+            )
+            queue = Queue.from_url(settings.require_redis_url(), settings.queue_name)
+            self.state = WorkerContext(
+                settings=settings, db=db, queue=queue, http=httpx.AsyncClient()
+            )
+            self.drain = JobDrain(
+                self.state, HANDLERS, database_url=settings.require_database_url()
+            )
+            self.drain.start()
+            self._heartbeat = asyncio.create_task(_heartbeat(self.state))
+            log.info(
+                "worker started", extra={"queue": settings.queue_name, "id": self.state.worker_id}
+            )
+        ctx["stockroom"] = self.state
+        ctx["drain"] = self.drain
+
+    def on_stop_requested(self) -> None:
+        if self.drain is not None:
+            self.drain.request_stop()
+
+    async def on_shutdown(self, ctx: dict[str, Any]) -> None:
+        state, drain = self.state, self.drain
+        if state is None or drain is None:
             return
-        state = context_of(ctx)
-        ctx["heartbeat"].cancel()
-        with contextlib.suppress(BaseException):
-            await ctx["heartbeat"]
+        await drain.stop(drain=self.burst)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await self._heartbeat
         with contextlib.suppress(Exception):
             await state.queue.forget_worker(state.worker_id)
-        del ctx["stockroom"]
         await state.http.aclose()
         await state.queue.close()
         await state.db.close()
         log.info("worker stopped", extra={"jobs_done": state.jobs_done})
 
+
+def build_runner(
+    settings: Settings, *, burst: bool = False, handle_signals: bool = True
+) -> WorkerRunner:
+    process = WorkerProcess(settings, burst=burst)
     return WorkerRunner(
-        redis_url=redis_url,
+        redis_url=settings.require_redis_url(),
         queue_name=settings.queue_name,
         tasks=[
             TaskSpec(TASK_DRAIN_AUDIT, tasks.drain_audit, timeout_seconds=60),
-            TaskSpec(TASK_RUN_JOB, run_job, timeout_seconds=JOB_TIMEOUT_SECONDS),
+            TaskSpec(TASK_RUN_JOB, tasks.wake_job_drain, timeout_seconds=10),
         ],
         # A burst worker (tests, one-off drains) stops when the queue is empty; cron ticks
         # would keep it non-empty forever.
         crons=[] if burst else CRONS,
         max_jobs=settings.worker_concurrency,
         poll_delay=POLL_DELAY_SECONDS,
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
+        on_startup=process.on_startup,
+        on_shutdown=process.on_shutdown,
+        on_stop_requested=process.on_stop_requested,
         burst=burst,
         handle_signals=handle_signals,
         shutdown_grace_seconds=settings.worker_shutdown_grace_seconds,

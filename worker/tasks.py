@@ -8,9 +8,9 @@ from typing import Any
 from shared import idempotency
 from shared.audit import service as audit
 from shared.jobs import service as jobs
-from shared.jobs.outbox import relay_pending
 from shared.reports.storage import purge_expired_reports
 from worker.context import context_of
+from worker.jobs import JobDrain
 
 log = logging.getLogger("stockroom.worker")
 
@@ -35,8 +35,9 @@ async def drain_audit(ctx: dict[str, Any]) -> int:
 
 
 async def relay_outbox(ctx: dict[str, Any]) -> None:
-    """Hand over what the API could not (Redis was down, or the process died after commit),
-    and return to the queue the jobs of workers that stopped renewing their lease."""
+    """Return to the queue the jobs of workers that stopped renewing their lease (the
+    reclaim notifies the drains), and wake an audit drain for events that waited too long
+    (their wake-up was lost: Redis was down, or the API process died after commit)."""
     state = context_of(ctx)
     async with state.db.pool.acquire() as conn:
         reclaimed = await jobs.reclaim_expired(conn)
@@ -46,7 +47,13 @@ async def relay_outbox(ctx: dict[str, Any]) -> None:
             # Under a fresh id: the coalesced drain's id can be held for a minute by ARQ after
             # a worker died while running it, and must not hold back the audit log.
             await state.queue.follow_up_audit_drain(0)
-        await relay_pending(conn, state.queue)
+
+
+async def wake_job_drain(ctx: dict[str, Any], *_: Any) -> None:
+    """``run_job`` as API replicas of the previous release enqueue it during a rolling
+    upgrade: the job is a row that the drain claims anyway; this only wakes it."""
+    drain: JobDrain = ctx["drain"]
+    drain.wake()
 
 
 async def purge_expired(ctx: dict[str, Any]) -> None:

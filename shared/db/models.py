@@ -191,6 +191,13 @@ class Job(Base):
             "created_at",
             postgresql_where=text("enqueued_at IS NULL AND status = 'queued'"),
         ),
+        # The worker's claim: due durable jobs in (run_after, id) order (shared.jobs.service).
+        Index(
+            "ix_jobs_due",
+            "run_after",
+            "id",
+            postgresql_where=text("status = 'queued' AND kind <> 'audit'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(

@@ -1,19 +1,37 @@
 """Writing jobs: a job record is also its outbox entry, inserted in the caller's transaction.
-``enqueued_at`` stays NULL until the queue has it (see ``shared.queue``)."""
+
+Audit events are drained in batches by the worker's ``drain_audit``, woken through Redis after
+the commit (``shared.queue``). Every other kind is claimed by the workers straight from this
+table (``shared.jobs.service.claim_due``): the row is the queue, and the wake-up is a
+PostgreSQL ``NOTIFY`` on ``JOBS_CHANNEL`` sent by the same statement that inserts the row. A
+notification is delivered when, and only when, the transaction commits, so nothing has to be
+handed over after the commit and nothing is lost if the process dies right after it; a worker
+that misses a notification finds the job on its next poll."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from shared.db.connection import Connection
 from shared.db.unit_of_work import NewJob, UnitOfWork
 from shared.jobs.kinds import JobKind
 
+# One channel per database: the workers of a database share its job table.
+JOBS_CHANNEL = "stockroom_jobs"
+
 _INSERT_JOB = """
 INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id, retry_of)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id
+"""
+
+# NOTIFY takes a database-wide lock at commit that serializes notifying transactions: cheap
+# for webhooks, reports and retries, which is why the per-request audit events do not notify.
+_INSERT_JOB_AND_NOTIFY = f"""
+INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id, retry_of)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING id, pg_notify('{JOBS_CHANNEL}', '')
 """
 
 
@@ -25,7 +43,7 @@ async def create_job(
     retry_of: uuid.UUID | None = None,
 ) -> uuid.UUID:
     job_id: uuid.UUID = await uow.conn.fetchval(
-        _INSERT_JOB,
+        _INSERT_JOB if kind == JobKind.audit else _INSERT_JOB_AND_NOTIFY,
         kind.value,
         payload,
         max_attempts,
@@ -39,37 +57,3 @@ async def create_job(
 
 async def mark_enqueued(conn: Connection, job_ids: list[uuid.UUID]) -> None:
     await conn.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1::uuid[])", job_ids)
-
-
-class _Enqueuer(Protocol):
-    async def enqueue_run_job(
-        self, job_id: uuid.UUID, generation: int, defer_seconds: float = 0
-    ) -> bool: ...
-
-
-async def relay_pending(conn: Connection, queue: _Enqueuer, batch: int = 500) -> int:
-    """Re-send queued jobs the queue may not have: never handed over (older than 2 s, so the
-    request that wrote them had its chance), or handed over long ago and never started
-    (Redis lost them). Re-sending is safe: the queue drops a job id it already holds, and a
-    job that has finished is skipped by its status."""
-    async with conn.transaction():
-        rows = await conn.fetch(
-            """
-            SELECT id, generation,
-                   greatest(extract(epoch FROM run_after - now()), 0)::float8 AS defer
-            FROM jobs
-            WHERE status = 'queued' AND kind <> 'audit'
-              AND ((enqueued_at IS NULL AND created_at < now() - interval '2 seconds')
-                   OR (enqueued_at < now() - interval '10 minutes'
-                       AND run_after < now() - interval '10 minutes'))
-            ORDER BY created_at
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-            """,
-            batch,
-        )
-        for row in rows:
-            await queue.enqueue_run_job(row["id"], row["generation"], row["defer"])
-        if rows:
-            await mark_enqueued(conn, [row["id"] for row in rows])
-    return len(rows)

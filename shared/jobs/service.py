@@ -1,10 +1,13 @@
 """Job records: reads for the API, cancel and retry, and the worker's side of a job's life —
-claim under a lease, renew, finish, fail, hand back, and reclaim from dead workers.
+claim due jobs in batches under a lease, renew, finish, fail, hand back, and reclaim from dead
+workers.
 
-A job runs under a lease (``lease_until``) that its worker renews every second. A worker that
-dies (SIGKILL, lost host) stops renewing; the reaper puts the job back in the queue when the
-lease lapses, whatever the job's own length — ARQ's own recovery would wait for the longest
-``job_timeout`` of any task."""
+The ``jobs`` table is the queue of every kind but audit: workers claim due rows with
+``FOR UPDATE SKIP LOCKED``. A job runs under a lease (``lease_until``) that its worker renews
+every second. A worker that dies (SIGKILL, lost host) stops renewing; the reaper puts the job
+back in the queue when the lease lapses, whatever the job's own length — ARQ's own recovery
+would wait for the longest ``job_timeout`` of any task. ``generation`` counts the times a job
+went back to the queue (retry, hand-back, reclaim)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from shared.db.connection import Connection
 from shared.db.unit_of_work import UnitOfWork
 from shared.errors import JobStateConflict, NotFound
 from shared.jobs.kinds import FINISHED_STATUSES, JobKind, JobStatus
-from shared.jobs.outbox import create_job
+from shared.jobs.outbox import JOBS_CHANNEL, create_job
 from shared.jobs.schemas import Job, JobLinks, QueueStats
 from shared.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 
@@ -185,27 +188,10 @@ class ClaimedJob:
     request_id: str | None
 
 
-async def claim(
-    conn: Connection, job_id: uuid.UUID, generation: int, worker_id: str
-) -> ClaimedJob | None:
-    """Take the job for this worker under a fresh lease, counting an attempt; ``None`` when
-    it is not ours to run (finished, cancelled, due later, held by a live lease, or this
-    delivery is stale)."""
-    row = await conn.fetchrow(
-        f"""
-        UPDATE jobs SET status = 'in_progress', attempts = attempts + 1,
-            started_at = coalesce(started_at, now()), worker_id = $3,
-            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-        WHERE id = $1 AND generation = $2 AND status = 'queued' AND NOT cancel_requested
-          AND run_after <= now() + interval '1 second'
-        RETURNING id, kind, payload, attempts, max_attempts, request_id
-        """,
-        job_id,
-        generation,
-        worker_id,
-    )
-    if row is None:
-        return None
+_CLAIMED = "j.id, j.kind, j.payload, j.attempts, j.max_attempts, j.request_id"
+
+
+def _claimed(row: Any) -> ClaimedJob:
     return ClaimedJob(
         id=row["id"],
         kind=row["kind"],
@@ -216,19 +202,46 @@ async def claim(
     )
 
 
-async def renew_lease(conn: Connection, job_id: uuid.UUID, worker_id: str) -> bool | None:
-    """Extend the lease; returns whether cancellation was requested, or ``None`` when the
-    lease is no longer ours (the job was reclaimed)."""
-    value: bool | None = await conn.fetchval(
+async def claim_due(conn: Connection, worker_id: str, limit: int) -> list[ClaimedJob]:
+    """Take up to ``limit`` due jobs for this worker in one statement, each under a fresh
+    lease and counting an attempt, oldest due first. ``SKIP LOCKED``: any number of workers
+    claim at once, never the same job (ix_jobs_due)."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
+            started_at = coalesce(j.started_at, now()), worker_id = $1,
+            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
+        FROM (SELECT id FROM jobs
+              WHERE status = 'queued' AND kind <> 'audit' AND run_after <= now()
+                AND NOT cancel_requested
+              ORDER BY run_after, id
+              LIMIT $2
+              FOR UPDATE SKIP LOCKED) due
+        WHERE j.id = due.id
+        RETURNING {_CLAIMED}
+        """,
+        worker_id,
+        limit,
+    )
+    return [_claimed(r) for r in rows]
+
+
+async def renew_leases(
+    conn: Connection, worker_id: str, job_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, bool]:
+    """Extend the leases of this worker's running jobs in one statement; returns, for each job
+    still ours, whether its cancellation was requested. A job missing from the answer is no
+    longer ours (its lease lapsed and it was reclaimed)."""
+    rows = await conn.fetch(
         f"""
         UPDATE jobs SET lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
-        RETURNING cancel_requested
+        WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND status = 'in_progress'
+        RETURNING id, cancel_requested
         """,
-        job_id,
+        job_ids,
         worker_id,
     )
-    return value
+    return {r["id"]: r["cancel_requested"] for r in rows}
 
 
 async def set_progress(conn: Connection, job_id: uuid.UUID, worker_id: str, percent: int) -> None:
@@ -240,20 +253,24 @@ async def set_progress(conn: Connection, job_id: uuid.UUID, worker_id: str, perc
     )
 
 
-async def complete(
-    conn: Connection, job_id: uuid.UUID, worker_id: str, result: dict[str, Any]
-) -> bool:
-    status: str = await conn.execute(
+async def complete_many(
+    conn: Connection, worker_id: str, results: list[tuple[uuid.UUID, dict[str, Any]]]
+) -> set[uuid.UUID]:
+    """Complete several jobs of this worker in one statement; returns the ids completed (a
+    job whose lease was lost meanwhile is not)."""
+    rows = await conn.fetch(
         """
-        UPDATE jobs SET status = 'complete', progress = 100, result = $3, error = NULL,
+        UPDATE jobs j SET status = 'complete', progress = 100, result = r.result, error = NULL,
             finished_at = now(), lease_until = NULL
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+        FROM unnest($1::uuid[], $2::jsonb[]) AS r(id, result)
+        WHERE j.id = r.id AND j.worker_id = $3 AND j.status = 'in_progress'
+        RETURNING j.id
         """,
-        job_id,
+        [job_id for job_id, _ in results],
+        [result for _, result in results],
         worker_id,
-        result,
     )
-    return status.endswith(" 1")
+    return {r["id"] for r in rows}
 
 
 async def fail(conn: Connection, job_id: uuid.UUID, worker_id: str, error: str) -> None:
@@ -281,46 +298,51 @@ async def mark_cancelled(conn: Connection, job_id: uuid.UUID, worker_id: str) ->
 
 async def schedule_retry(
     conn: Connection, job_id: uuid.UUID, worker_id: str, error: str, delay: float
-) -> int | None:
-    """Back to the queue after ``delay`` seconds, under a new generation; returns it."""
-    generation: int | None = await conn.fetchval(
+) -> bool:
+    """Back to the queue, due in ``delay`` seconds; ``True`` when requeued. A job whose cancel
+    was requested meanwhile is cancelled instead (a queued job is never claimed once its
+    cancel is requested)."""
+    status: str | None = await conn.fetchval(
         """
-        UPDATE jobs SET status = 'queued', error = $3, worker_id = NULL, lease_until = NULL,
-            run_after = now() + make_interval(secs => $4), generation = generation + 1,
-            enqueued_at = NULL
+        UPDATE jobs SET error = $3, worker_id = NULL, lease_until = NULL,
+            status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+            finished_at = CASE WHEN cancel_requested THEN now() END,
+            run_after = now() + make_interval(secs => $4), generation = generation + 1
         WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
-        RETURNING generation
+        RETURNING status
         """,
         job_id,
         worker_id,
         error[:4000],
         delay,
     )
-    return generation
+    return status == JobStatus.queued
 
 
-async def hand_back(conn: Connection, job_id: uuid.UUID, worker_id: str) -> int | None:
-    """The worker is shutting down: return the job without counting the attempt."""
-    generation: int | None = await conn.fetchval(
-        """
-        UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0),
-            worker_id = NULL, lease_until = NULL, generation = generation + 1,
-            enqueued_at = NULL, run_after = now()
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
-        RETURNING generation
+async def hand_back(conn: Connection, worker_id: str, job_ids: list[uuid.UUID]) -> int:
+    """The worker is shutting down: return its jobs without counting the attempt, due now,
+    and wake the other workers (``NOTIFY``). Returns how many were handed back."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE jobs SET attempts = greatest(attempts - 1, 0),
+            status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+            finished_at = CASE WHEN cancel_requested THEN now() END,
+            worker_id = NULL, lease_until = NULL, generation = generation + 1, run_after = now()
+        WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND status = 'in_progress'
+        RETURNING id, CASE WHEN status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
         """,
-        job_id,
+        job_ids,
         worker_id,
     )
-    return generation
+    return len(rows)
 
 
 async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
     """Jobs whose worker stopped renewing its lease go back to the queue (the attempt that
-    died counts). A job out of attempts fails instead; one whose cancel was requested is
-    cancelled."""
+    died counts), and the workers are woken (``NOTIFY``). A job out of attempts fails
+    instead; one whose cancel was requested is cancelled. Returns the requeued jobs."""
     rows = await conn.fetch(
-        """
+        f"""
         UPDATE jobs SET
             status = CASE WHEN cancel_requested THEN 'cancelled'
                 WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
@@ -329,9 +351,10 @@ async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
             finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts
                 THEN now() ELSE NULL END,
             worker_id = NULL, lease_until = NULL, generation = generation + 1,
-            enqueued_at = NULL, run_after = now()
+            run_after = now()
         WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()
-        RETURNING id, generation, status
+        RETURNING id, generation, status,
+            CASE WHEN status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
         """
     )
-    return [(r["id"], r["generation"]) for r in rows if r["status"] == "queued"]
+    return [(r["id"], r["generation"]) for r in rows if r["status"] == JobStatus.queued]

@@ -8,16 +8,21 @@ import hashlib
 import hmac
 import json
 import signal
+import subprocess
 from typing import Any
 
 import httpx
 
 from shared.alerts.webhooks import secret_bytes
 from shared.db.database import Database
-from tests.conftest import count
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job
+from shared.queue import Queue
+from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job
+from tests.worker_support import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job, wait_complete
 
 
 async def job(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -261,3 +266,52 @@ async def test_reaper_finishes_a_cancelled_job_of_a_dead_worker(db: Database) ->
     assert rows[lost] == ("queued", 1)
     assert rows[spent][0] == "failed"
     assert requeued == [(lost, 1)]
+
+
+async def wait_heartbeats(env: Env, *procs: subprocess.Popen[bytes]) -> None:
+    """Until each of these worker processes has heartbeated (it is started and draining)."""
+    queue = Queue.from_url(env.redis_url, env.queue_name)
+    try:
+
+        async def all_up() -> bool:
+            pids = {w["pid"] for w in await queue.live_workers()}
+            return {p.pid for p in procs} <= pids
+
+        await eventually(all_up, what="the workers' heartbeats")
+    finally:
+        await queue.close()
+
+
+async def test_two_workers_drain_a_burst_each_job_once(
+    env: Env, db: Database, receiver: Receiver, start_worker: WorkerFactory
+) -> None:
+    await wait_heartbeats(env, start_worker(), start_worker())
+    n = 120
+    async with db.transaction() as conn:
+        uow = UnitOfWork(conn, Actor.system("burst"))
+        for i in range(n):
+            data = {"sku": f"B-{i}", "on_hand": 0, "reorder_point": 1, "location_code": "MAIN"}
+            await create_job(uow, JobKind.webhook, {"type": "stock.low", "data": data}, 5)
+
+    async def all_complete() -> bool:
+        return await count(db, "SELECT count(*) FROM jobs WHERE status = 'complete'") == n
+
+    await eventually(all_complete, timeout=60, what=f"{n} jobs complete")
+    assert await count(db, "SELECT count(*) FROM jobs WHERE attempts <> 1") == 0
+    assert await count(db, "SELECT count(DISTINCT worker_id) FROM jobs") == 2
+    assert receiver.count == n
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == n
+
+
+async def test_a_job_whose_wake_up_was_lost_still_runs(
+    db: Database, receiver: Receiver, start_worker: WorkerFactory, env: Env
+) -> None:
+    await wait_heartbeats(env, start_worker())
+    async with db.pool.acquire() as conn:  # a bare INSERT: no NOTIFY, as if it were lost
+        job_id = await conn.fetchval(
+            "INSERT INTO jobs (kind, payload, max_attempts) VALUES ('webhook', $1, 5) RETURNING id",
+            {"type": "stock.low", "data": {"sku": "LOST-1"}},
+        )
+
+    await wait_complete(db, job_id, 10, "the job found by the worker's poll")
+    assert receiver.count == 1

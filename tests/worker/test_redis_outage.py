@@ -1,5 +1,6 @@
 """Redis down at the moment requests commit: every mutation is accepted, readiness says so,
-and once Redis is back every audit entry lands exactly once. Uses a private redis-server."""
+and once Redis is back every audit entry lands exactly once; durable jobs do not wait for
+Redis at all. Uses a private redis-server."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ import redis
 
 from api.app import create_app
 from shared.db.database import Database
+from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.embedded import free_port
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job
 from tests.conftest import Env, count
 from tests.waiting import eventually
-from tests.worker_support import WorkerFactory
+from tests.worker.receiver import Receiver
+from tests.worker_support import WorkerFactory, wait_complete
 
 
 class PrivateRedis:
@@ -118,3 +123,33 @@ async def test_mutations_during_a_redis_outage_are_audited_exactly_once(
         await count(db, "SELECT count(*) FROM jobs WHERE kind = 'audit' AND status = 'complete'")
         == n + 1
     )
+
+
+async def test_durable_jobs_run_while_redis_is_down(
+    env: Env,
+    db: Database,
+    private_redis: PrivateRedis,
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    """Durable jobs never travel through Redis: a worker keeps claiming and finishing them
+    while its ARQ side waits for Redis to come back."""
+    worker = start_worker(
+        STOCKROOM_REDIS_URL=private_redis.url, STOCKROOM_QUEUE_NAME=env.queue_name + "-outage"
+    )
+    client = redis.Redis(port=private_redis.port)
+
+    async def heartbeat() -> bool:
+        return bool(client.keys("stockroom:*:worker:*"))
+
+    await eventually(heartbeat, what="the worker's heartbeat")
+    private_redis.stop()
+    async with db.transaction() as conn:
+        uow = UnitOfWork(conn, Actor.system())
+        job_id = await create_job(
+            uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": "OUT-2"}}, 5
+        )
+
+    await wait_complete(db, job_id, 20, "the job to complete with Redis down")
+    assert receiver.count == 1
+    assert worker.poll() is None, "the worker survives a Redis outage"

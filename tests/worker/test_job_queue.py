@@ -1,0 +1,136 @@
+"""The ``jobs`` table as the queue of durable jobs: the worker's statements (batch claim,
+batched lease renewal and completion, hand-back) and the NOTIFY wake-up, against the real
+database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+
+from shared.db.database import Database
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs import service as jobs
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import JOBS_CHANNEL, create_job
+from tests.conftest import Env
+
+WEBHOOK = {"type": "stock.low", "data": {"sku": "X", "on_hand": 0, "reorder_point": 1}}
+
+
+async def insert(db: Database, kind: JobKind = JobKind.webhook, n: int = 1) -> list[uuid.UUID]:
+    async with db.transaction() as conn:
+        uow = UnitOfWork(conn, Actor.system("req-1"))
+        return [await create_job(uow, kind, WEBHOOK, 5) for _ in range(n)]
+
+
+async def status_of(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT status, attempts, worker_id, finished_at, result FROM jobs WHERE id = $1",
+            job_id,
+        )
+    return dict(row)
+
+
+async def test_claim_takes_due_jobs_oldest_first_up_to_the_limit(db: Database) -> None:
+    first = await insert(db, n=3)
+    await insert(db, kind=JobKind.audit)  # drained by drain_audit, never claimed here
+    later, cancelled, oldest = await insert(db, n=3)
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE jobs SET run_after = now() + interval '1 hour' WHERE id = $1", later
+        )
+        await conn.execute(
+            "UPDATE jobs SET run_after = now() - interval '1 minute' WHERE id = $1", oldest
+        )
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", cancelled)
+        one = await jobs.claim_due(conn, "w:1", 1)
+        two = await jobs.claim_due(conn, "w:1", 2)
+        rest = await jobs.claim_due(conn, "w:2", 10)
+        none = await jobs.claim_due(conn, "w:2", 10)
+    assert [j.id for j in one] == [oldest]
+    assert len(two) == 2 and len(rest) == 1 and none == []
+    assert {j.id for j in two + rest} == set(first)
+    assert all(j.attempt == 1 and j.request_id == "req-1" and j.kind == "webhook" for j in two)
+    assert {(await status_of(db, j.id))["worker_id"] for j in two} == {"w:1"}
+    assert (await status_of(db, later))["status"] == "queued"
+    assert (await status_of(db, cancelled))["status"] == "queued"
+
+
+async def test_concurrent_claims_never_take_the_same_job(db: Database) -> None:
+    ids = set(await insert(db, n=60))
+
+    async def claimer(worker: str) -> list[uuid.UUID]:
+        taken: list[uuid.UUID] = []
+        async with db.pool.acquire() as conn:
+            while batch := await jobs.claim_due(conn, worker, 7):
+                taken += [j.id for j in batch]
+        return taken
+
+    results = await asyncio.gather(*(claimer(f"w:{i}") for i in range(4)))
+    claimed = [job_id for taken in results for job_id in taken]
+    assert len(claimed) == len(set(claimed)) == 60 and set(claimed) == ids
+
+
+async def test_renewal_completion_and_hand_back_in_batches(db: Database) -> None:
+    ids = await insert(db, n=4)
+    async with db.pool.acquire() as conn:
+        await jobs.claim_due(conn, "w:1", 4)
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", ids[1])
+        await conn.execute("UPDATE jobs SET worker_id = 'w:other' WHERE id = $1", ids[2])
+        renewed = await jobs.renew_leases(conn, "w:1", ids)
+        assert renewed == {ids[0]: False, ids[1]: True, ids[3]: False}  # ids[2]: lost
+        completed = await jobs.complete_many(conn, "w:1", [(ids[0], {"n": 0}), (ids[2], {"n": 2})])
+        assert completed == {ids[0]}
+        assert await jobs.hand_back(conn, "w:1", [ids[1], ids[3]]) == 2
+    done = await status_of(db, ids[0])
+    assert done["status"] == "complete" and done["result"] == {"n": 0}
+    # handed back without counting the attempt; a cancel requested meanwhile wins
+    assert (await status_of(db, ids[1]))["status"] == "cancelled"
+    back = await status_of(db, ids[3])
+    assert back["status"] == "queued" and back["attempts"] == 0 and back["worker_id"] is None
+
+
+async def test_a_retry_of_a_job_whose_cancel_was_requested_cancels_it(db: Database) -> None:
+    (job_id,) = await insert(db)
+    async with db.pool.acquire() as conn:
+        await jobs.claim_due(conn, "w:1", 1)
+        await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+        assert not await jobs.schedule_retry(conn, job_id, "w:1", "TimeoutError", 0.5)
+    row = await status_of(db, job_id)
+    assert row["status"] == "cancelled" and row["finished_at"] is not None
+
+
+async def test_a_new_job_notifies_at_commit_and_audit_events_do_not(db: Database, env: Env) -> None:
+    marker = "stockroom_test_marker"
+    listener = await asyncpg.connect(env.database_url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(JOBS_CHANNEL, lambda *args: got.put_nowait(args[2]))
+    await listener.add_listener(marker, lambda *args: got.put_nowait(args[2]))
+
+    async def received_up_to_a_marker() -> list[str]:
+        """What arrived before a marker sent now (notifications arrive in commit order)."""
+        async with db.pool.acquire() as conn:
+            await conn.execute(f"NOTIFY {marker}")
+        seen = []
+        while (channel := await asyncio.wait_for(got.get(), timeout=5)) != marker:
+            seen.append(channel)
+        return seen
+
+    try:
+        async with db.transaction() as conn:
+            uow = UnitOfWork(conn, Actor.system())
+            await create_job(uow, JobKind.audit, {}, 5)
+            await create_job(uow, JobKind.webhook, WEBHOOK, 5)
+            await create_job(uow, JobKind.webhook, WEBHOOK, 5)
+            assert await received_up_to_a_marker() == []  # not before the commit
+        # at the commit: one notification for the transaction's two jobs
+        assert await received_up_to_a_marker() == [JOBS_CHANNEL]
+        async with db.transaction() as conn:  # an audit event wakes no job drain
+            await create_job(UnitOfWork(conn, Actor.system()), JobKind.audit, {}, 5)
+        assert await received_up_to_a_marker() == []
+    finally:
+        await listener.close()
