@@ -11,15 +11,16 @@ process each, in the same run:
    job row (``shared.audit.events.record_event``), commits, then ``Queue.dispatch`` kicks
    ``drain_audit``. Worker: ``stockroom worker`` itself. Start = ``jobs.started_at`` (the drain
    transaction's ``now()``).
-2. run_job (ours): a job row of the bench-only kind ``bench`` written in a transaction, then
-   ``Queue.dispatch`` + ``mark_enqueued`` as the API does. Worker: ``bench/worker_proc.py
-   ours`` (= ``worker.main.run`` + a no-op handler for ``bench``). Start = ``jobs.started_at``
-   (the claim's ``now()``, i.e. the job holds its lease).
+2. durable job (ours): a job of the bench-only kind ``bench`` written by ``create_job`` in a
+   transaction (the row and its ``NOTIFY``, delivered at commit), then ``Queue.dispatch`` +
+   ``mark_enqueued`` as the API does. Worker: ``bench/worker_proc.py ours`` (=
+   ``worker.main.run`` + a no-op handler for ``bench``), woken by the notification. Start =
+   ``jobs.started_at`` (the claim's ``now()``, i.e. the job holds its lease).
 3. raw ARQ, ``poll_delay`` as ours (0.01 s), a trivial function that records ``time.time()``
    on entry.
 4. raw ARQ with ARQ's default ``poll_delay`` 0.5 s (fewer jobs: each waits ~250 ms).
 
-t0 is taken after the commit, just before the Redis enqueue, with the same clock as
+t0 is taken after the commit (just before the Redis enqueue, for audit and raw ARQ), with the same clock as
 PostgreSQL's ``now()`` (same host). Also printed: enqueue → finished (the audit entry or job
 result is committed), and the idle worker's CPU use (the cost of a short poll delay).
 
@@ -36,8 +37,9 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,18 +58,20 @@ from bench.worker_common import (
 )
 from shared.audit.events import record_event
 from shared.db.database import Database
-from shared.db.unit_of_work import Actor, NewJob, UnitOfWork
-from shared.jobs.outbox import mark_enqueued
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job, mark_enqueued
 from shared.queue import Queue
 
 TARGET_MEDIAN_MS = 20.0
 OUR_POLL_DELAY = 0.01  # worker.main.POLL_DELAY_SECONDS
 ARQ_DEFAULT_POLL_DELAY = 0.5
 
-_INSERT_BENCH_JOB = """
-INSERT INTO jobs (kind, payload, max_attempts, request_id) VALUES ('bench', $1, 5, $2)
-RETURNING id
-"""
+
+class BenchKind(StrEnum):
+    """The bench-only job kind (``bench/worker_proc.py`` registers a no-op handler)."""
+
+    bench = "bench"
 
 
 @dataclass
@@ -139,27 +143,29 @@ async def ours_audit(stack: Stack, n: int, pid: int) -> Series:
         await db.close()
 
 
-async def ours_run_job(stack: Stack, n: int, pid: int, poll_delay: float) -> Series:
+async def ours_durable_job(stack: Stack, n: int, pid: int) -> Series:
     db = await Database.connect(stack.db_url, pool_size=4)
     queue = Queue.from_url(stack.redis_url, stack.queue_name)
+    kind = cast(JobKind, BenchKind.bench)
     try:
         cpu = await idle_cpu(pid)
         pickup, done = [], []
         for i in range(n):
             async with db.transaction() as conn:
-                job_id = await conn.fetchval(_INSERT_BENCH_JOB, {"i": i}, f"bench-{i}")
+                uow = UnitOfWork(conn, Actor.system(f"bench-{i}"))
+                job_id = await create_job(uow, kind, {"i": i}, 5)
             t0 = time.time()
-            handed = await queue.dispatch([NewJob(id=job_id, kind="bench")])
-            if not handed:
-                raise BenchError("Queue.dispatch handed nothing over (is Redis up?)")
-            async with db.pool.acquire() as conn:
-                await mark_enqueued(conn, handed)
+            handed = await queue.dispatch(uow.new_jobs)  # as the API does after the commit
+            if handed:
+                async with db.pool.acquire() as conn:
+                    await mark_enqueued(conn, handed)
             row = await wait_finished(db, job_id)
             pickup.append(1000 * (row["started"] - t0))
             done.append(1000 * (row["finished"] - t0))
-            await pause(poll_delay)
-        name = "run_job, kind bench (ours)"
-        return Series(name, poll_delay, pickup, done, cpu, True)
+            await pause(OUR_POLL_DELAY)
+        # woken by NOTIFY; the drain's fallback poll is every POLL_EVERY_SECONDS (0.5 s)
+        name = "durable job via NOTIFY, kind bench (ours)"
+        return Series(name, 0.5, pickup, done, cpu, True)
     finally:
         await queue.close()
         await db.close()
@@ -227,11 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--default-jobs", type=int, default=60, help="jobs for raw ARQ at poll_delay 0.5 s"
     )
-    parser.add_argument(
-        "--poll-delays",
-        default=str(OUR_POLL_DELAY),
-        help="comma-separated poll delays to try on the run_job path (first = production's)",
-    )
     parser.add_argument("--budget", type=int, default=175, help="stop after this many seconds")
     args = parser.parse_args(argv)
     install_budget(args.budget)
@@ -250,15 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         series.append(asyncio.run(ours_audit(stack, args.jobs, worker.pid)))
         stack.stop(worker)
 
-        for poll_delay in [float(p) for p in args.poll_delays.split(",")]:
-            log(f"run_job path: bench worker, poll_delay {poll_delay:g}, {args.jobs} jobs")
-            worker = stack.start_ours(
-                f"bench-worker-{poll_delay:g}", options=["--poll-delay", str(poll_delay)]
-            )
-            stack.wait_ours_ready([worker])
-            time.sleep(1.0)
-            series.append(asyncio.run(ours_run_job(stack, args.jobs, worker.pid, poll_delay)))
-            stack.stop(worker)
+        log(f"durable-job path: bench worker, {args.jobs} jobs")
+        worker = stack.start_ours("bench-worker")
+        stack.wait_ours_ready([worker])
+        time.sleep(1.0)
+        series.append(asyncio.run(ours_durable_job(stack, args.jobs, worker.pid)))
+        stack.stop(worker)
 
         for poll_delay, n in (
             (OUR_POLL_DELAY, args.jobs),

@@ -3,10 +3,11 @@
 
 ``worker_proc.py ours [options]``
     Our worker exactly as ``stockroom worker`` builds it (``worker.main.run``: settings from
-    ``STOCKROOM_*``, the real task table, crons, lease, heartbeat), plus a no-op handler for the
-    bench-only job kind ``bench`` so that the ``run_job`` path (claim under a lease, handler,
-    complete) can be timed without a real job's work. Options change one module-level knob
-    each, to measure a proposed setting without editing the product:
+    ``STOCKROOM_*``, the job drain, the ARQ task table, crons, leases, heartbeat), plus a no-op
+    handler for the bench-only job kind ``bench`` so that the durable-job path (batch claim
+    under a lease, handler, batched completion) can be timed without a real job's work.
+    Options change one module-level knob each, to measure a proposed setting without editing
+    the product:
       --poll-delay S     worker.main.POLL_DELAY_SECONDS (production: 0.01)
       --audit-batch N    worker.tasks.AUDIT_BATCH (production: 500)
       --drain-linger-ms M
@@ -19,23 +20,8 @@
                          enqueue another. A kick that ARQ dropped because the kicked drain was
                          finishing (its job key still exists until ARQ's finish_job) is covered
                          by the follow-up: closes the coalescing gap (worker_audit_lag.py)
-      --batched-db       run_job's claim and complete statements are coalesced across the
-                         concurrent jobs of this process into one statement per ~batch
-                         (micro-batching; see worker_throughput.py)
-      --no-pool-reset    the asyncpg pool is created with ``reset=`` a no-op: releasing a
-                         connection no longer sends asyncpg's default reset query
-                         (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``,
-                         one round trip per acquire/release); an open transaction is still
-                         rolled back. Safe here: the code uses only transaction-scoped
-                         advisory locks and ``SET LOCAL``.
       --quiet-job-log    the per-job INFO line "job complete" is not written (logger
                          ``stockroom.worker`` at WARNING)
-      --pg-drain         adds an ARQ task ``drain_jobs`` (a prototype, not in the product):
-                         one coalesced ARQ job claims due jobs straight from PostgreSQL in
-                         batches (``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT k)``),
-                         runs up to WORKER_CONCURRENCY handlers at once under the usual lease,
-                         and completes them in batches; Redis carries only the wake-up, as for
-                         audit events. Returns when nothing is due or running for 20 ms.
 
 ``worker_proc.py raw --queue Q --poll-delay S --max-jobs N``
     A raw ARQ worker (no database) with two functions: ``noop`` and ``stamp`` (LPUSHes its
@@ -52,9 +38,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -165,266 +150,6 @@ def patch_drain_follow_up(delay_ms: float) -> None:
     tasks.drain_audit = drain_audit
 
 
-class _Batcher:
-    """Coalesces calls made while one statement is in flight into the next statement."""
-
-    def __init__(self, run_batch: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
-        self._run_batch = run_batch
-        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None  # a reference, or the loop may be GC'd
-
-    async def submit(self, item: Any) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
-        if not self._running:
-            self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        return await fut
-
-    async def _loop(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let the other ready jobs of this tick join
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self._run_batch([item for item, _ in batch])
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
-        finally:
-            self._running = False
-
-
-def patch_batched_db() -> None:
-    """A run_job whose claim and complete statements are coalesced per process: one
-    ``UPDATE ... FROM unnest(...)`` for all the claims (or completes) requested while the
-    previous statement was in flight, on a connection of the batcher's own (no pool acquire per
-    job). Same WHERE clauses and effects as shared.jobs.service.claim/complete; the lease,
-    failure, retry and cancel paths are worker.jobs' own."""
-    from shared import metrics
-    from shared.jobs.service import LEASE_SECONDS, ClaimedJob
-    from shared.logs import request_id_var
-    from worker import jobs as worker_jobs
-    from worker import main as worker_main
-    from worker.context import context_of
-
-    batchers: dict[str, _Batcher] = {}
-
-    def batchers_for(pool: Any) -> tuple[_Batcher, _Batcher]:
-        if "claim" not in batchers:
-
-            async def claim_batch(items: list[tuple[uuid.UUID, int, str]]) -> list[Any]:
-                async with pool.acquire() as conn:
-                    rows = await conn.fetch(
-                        f"""
-                        UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
-                            started_at = coalesce(j.started_at, now()), worker_id = $3,
-                            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-                        FROM unnest($1::uuid[], $2::int[]) AS c(id, generation)
-                        WHERE j.id = c.id AND j.generation = c.generation
-                          AND j.status = 'queued' AND NOT j.cancel_requested
-                          AND j.run_after <= now() + interval '1 second'
-                        RETURNING j.id, j.kind, j.payload, j.attempts, j.max_attempts,
-                            j.request_id
-                        """,
-                        [i[0] for i in items],
-                        [i[1] for i in items],
-                        items[0][2],
-                    )
-                by_id = {r["id"]: r for r in rows}
-                out: list[Any] = []
-                for job_id, _, _ in items:
-                    r = by_id.pop(job_id, None)
-                    out.append(
-                        None
-                        if r is None
-                        else ClaimedJob(
-                            id=r["id"], kind=r["kind"], payload=r["payload"],
-                            attempt=r["attempts"], max_attempts=r["max_attempts"],
-                            request_id=r["request_id"],
-                        )
-                    )  # fmt: skip
-                return out
-
-            batchers["claim"] = _Batcher(claim_batch)
-            batchers["complete"] = _complete_batcher(pool)
-        return batchers["claim"], batchers["complete"]
-
-    async def run_job(ctx: dict[str, Any], job_id: str, generation: int) -> str:
-        state = context_of(ctx)
-        claims, completes = batchers_for(state.db.pool)
-        claimed = await claims.submit((uuid.UUID(job_id), generation, state.worker_id))
-        if claimed is None:
-            return "skipped"
-        token = request_id_var.set(claimed.request_id)
-        state.jobs_running += 1
-        started = time.monotonic()
-        run = worker_jobs.JobRun(job=claimed, state=state)
-        handler = ctx["handlers"].get(claimed.kind) or worker_jobs._unknown_kind
-        task = asyncio.create_task(handler(run))
-        try:
-            lease = asyncio.create_task(worker_jobs._keep_lease(run, task))
-            try:
-                result = await asyncio.shield(task)
-            finally:
-                lease.cancel()
-            await completes.submit((claimed.id, state.worker_id, result))
-            metrics.JOBS_COMPLETED.labels(claimed.kind).inc()
-            return "complete"
-        except Exception as exc:
-            await worker_jobs._after_failure(state, claimed, exc)
-            return "failed"
-        finally:
-            metrics.JOB_DURATION.labels(claimed.kind).observe(time.monotonic() - started)
-            state.jobs_running -= 1
-            state.jobs_done += 1
-            request_id_var.reset(token)
-
-    worker_main.run_job = run_job  # type: ignore[attr-defined]  # read by build_runner
-
-
-def _complete_batcher(pool: Any) -> _Batcher:
-    async def complete_batch(items: list[tuple[uuid.UUID, str, Any]]) -> list[Any]:
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                """
-                UPDATE jobs j SET status = 'complete', progress = 100, result = c.result,
-                    error = NULL, finished_at = now(), lease_until = NULL
-                FROM unnest($1::uuid[], $2::jsonb[]) AS c(id, result)
-                WHERE j.id = c.id AND j.worker_id = $3 AND j.status = 'in_progress'
-                RETURNING j.id
-                """,
-                [i[0] for i in items],
-                [i[2] for i in items],
-                items[0][1],
-            )
-        done = {r["id"] for r in rows}
-        return [i[0] in done for i in items]
-
-    return _Batcher(complete_batch)
-
-
-def pg_drain_task(batch: int = 100, linger_ms: float = 20) -> Callable[..., Awaitable[int]]:
-    from shared import metrics
-    from shared.jobs.service import LEASE_SECONDS, ClaimedJob
-    from worker import jobs as worker_jobs
-    from worker.context import context_of
-
-    claim_sql = f"""
-        UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
-            started_at = coalesce(j.started_at, now()), worker_id = $2,
-            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-        FROM (SELECT id FROM jobs
-              WHERE status = 'queued' AND kind <> 'audit' AND NOT cancel_requested
-                AND run_after <= now()
-              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) c
-        WHERE j.id = c.id
-        RETURNING j.id, j.kind, j.payload, j.attempts, j.max_attempts, j.request_id
-    """
-    completers: dict[int, _Batcher] = {}
-
-    async def run_one(ctx: dict[str, Any], claimed: Any, completes: _Batcher) -> None:
-        state = context_of(ctx)
-        state.jobs_running += 1
-        run = worker_jobs.JobRun(job=claimed, state=state)
-        handler = ctx["handlers"].get(claimed.kind) or worker_jobs._unknown_kind
-        task = asyncio.create_task(handler(run))
-        try:
-            lease = asyncio.create_task(worker_jobs._keep_lease(run, task))
-            try:
-                result = await asyncio.shield(task)
-            finally:
-                lease.cancel()
-            await completes.submit((claimed.id, state.worker_id, result))
-            metrics.JOBS_COMPLETED.labels(claimed.kind).inc()
-        except Exception as exc:
-            await worker_jobs._after_failure(state, claimed, exc)
-        finally:
-            state.jobs_running -= 1
-            state.jobs_done += 1
-
-    async def drain_jobs(ctx: dict[str, Any]) -> int:
-        state = context_of(ctx)
-        completes = completers.setdefault(id(state), _complete_batcher(state.db.pool))
-        limit = state.settings.worker_concurrency
-        running: set[asyncio.Task[None]] = set()
-        total = 0
-        idle_since: float | None = None
-        while True:
-            rows: list[Any] = []
-            free = limit - len(running)
-            if free > 0:
-                async with state.db.pool.acquire() as conn:
-                    rows = await conn.fetch(claim_sql, min(free, batch), state.worker_id)
-                for r in rows:
-                    claimed = ClaimedJob(
-                        id=r["id"], kind=r["kind"], payload=r["payload"],
-                        attempt=r["attempts"], max_attempts=r["max_attempts"],
-                        request_id=r["request_id"],
-                    )  # fmt: skip
-                    t = asyncio.create_task(run_one(ctx, claimed, completes))
-                    running.add(t)
-                    t.add_done_callback(running.discard)
-                total += len(rows)
-            if rows and free - len(rows) > 0:
-                idle_since = None
-                continue  # more may be due: claim again while there is room
-            if running:
-                idle_since = None
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            now = time.monotonic()
-            idle_since = idle_since or now
-            if now - idle_since >= linger_ms / 1000:
-                return total
-            await asyncio.sleep(0.005)
-
-    return drain_jobs
-
-
-def run_ours_pg_drain(settings: Any) -> int:
-    from arq.worker import func
-
-    from shared.logs import configure_logging
-    from worker import main as worker_main
-
-    configure_logging(settings)
-    runner = worker_main.build_runner(settings)
-    runner._options["functions"].append(
-        func(
-            cast(Any, pg_drain_task()),
-            name="drain_jobs",
-            timeout=3600,
-            keep_result=0,
-            max_tries=1000,
-        )
-    )
-    runner.worker = runner._new_worker()
-    runner.run()
-    return 0
-
-
-def patch_no_pool_reset() -> None:
-    import asyncpg
-
-    create_pool = asyncpg.create_pool
-
-    async def no_reset(conn: Any) -> None:
-        return None
-
-    def create_pool_without_reset(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("reset", no_reset)
-        return create_pool(*args, **kwargs)
-
-    asyncpg.create_pool = create_pool_without_reset  # shared.db.database calls it at connect
-
-
 def run_ours(args: argparse.Namespace) -> int:
     from shared.settings import SettingsError, exit_on_settings_error, load_settings
     from worker import main as worker_main
@@ -440,10 +165,6 @@ def run_ours(args: argparse.Namespace) -> int:
         patch_drain_linger(args.drain_linger_ms)
     if args.drain_follow_up_ms:
         patch_drain_follow_up(args.drain_follow_up_ms)
-    if args.batched_db:
-        patch_batched_db()
-    if args.no_pool_reset:
-        patch_no_pool_reset()
     if args.quiet_job_log:
         logging.getLogger("stockroom.worker").setLevel(logging.WARNING)
     try:
@@ -451,8 +172,6 @@ def run_ours(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         exit_on_settings_error(exc)
         raise
-    if args.pg_drain:
-        return run_ours_pg_drain(settings)
     return worker_main.run(settings)
 
 
@@ -468,10 +187,7 @@ def main() -> int:
     ours.add_argument("--audit-batch", type=int)
     ours.add_argument("--drain-linger-ms", type=float, default=0)
     ours.add_argument("--drain-follow-up-ms", type=float, default=0)
-    ours.add_argument("--batched-db", action="store_true")
-    ours.add_argument("--no-pool-reset", action="store_true")
     ours.add_argument("--quiet-job-log", action="store_true")
-    ours.add_argument("--pg-drain", action="store_true")
     args = parser.parse_args()
     return run_raw(args) if args.mode == "raw" else run_ours(args)
 

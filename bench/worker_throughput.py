@@ -2,31 +2,32 @@
 """Worker throughput of trivial jobs, ours next to raw ARQ, in one command:
 ``.venv/bin/python bench/worker_throughput.py`` (or ``bench/worker_throughput.sh``).
 
-One measurement: put N jobs in a queue at once (the job records with one pipeline, then one
-ZADD: the records ``ArqRedis.enqueue_job`` writes, without its per-job WATCH round trips, so
-that filling the queue is not what is measured) and time until the last one finished (ZCARD
-polled every 10 ms: ARQ removes a job from the queue when it finishes it; for the PostgreSQL
-drain prototype, ``max(jobs.finished_at)``). Jobs/s = N / that time.
+One measurement: make N jobs ready at once and time until the last one finished. Jobs/s =
+N / that time.
+
+- raw ARQ: the job records written with one pipeline, then one ZADD makes them visible (the
+  records ``ArqRedis.enqueue_job`` writes, without its per-job WATCH round trips, so that
+  filling the queue is not what is measured); done when ZCARD (polled every 10 ms) is 0 —
+  ARQ removes a job from the queue when it finishes it. A raw ``arq.Worker`` whose function
+  does nothing, ``keep_result=0``, ARQ's per-job logs off, ``max_jobs`` 50 and ``poll_delay``
+  0.01 s like ours: "tuned raw ARQ".
+- ours: jobs written as the API writes them — ``shared.jobs.outbox.create_job`` in one
+  transaction (the row and its ``NOTIFY``), then ``Queue.dispatch`` and ``mark_enqueued``
+  after the commit; the clock starts just before the COMMIT. The worker is ``worker.main.run``
+  as ``stockroom worker`` runs it (``bench/worker_proc.py ours``, ``WORKER_CONCURRENCY`` 50)
+  with a no-op handler for the bench-only kind ``bench``: batch claim under a lease, handler,
+  batched completion, the per-job log line and metrics. Done when no ``bench`` job is queued
+  or in progress (polled every 10 ms); the time is the last ``finished_at``. The bench checks
+  every row ends ``complete`` with 1 attempt.
+- a variant of ours (``--no-variants`` skips it), not in the product: ``--quiet-job-log``
+  (no INFO line per job): what the per-job log line costs.
 
 Configurations, each with its own queue and worker process(es), all started up front and
 paused with SIGSTOP while another one is measured (on a 2-CPU machine an idle worker's polling
 would otherwise tax the one being measured). Rounds alternate the configurations of one
-process count (raw, ours, variants, raw, ours, ...), N is sized to ~``--seconds`` from the
+process count (raw, ours, variant, raw, ours, ...), N is sized to ~``--seconds`` from the
 previous round, and the best round of each configuration is reported (the machine is shared:
 the best round is the least disturbed one; every round's figure is printed too).
-
-- raw ARQ: a raw ``arq.Worker`` whose function does nothing, ``keep_result=0``, ARQ's per-job
-  logs off, ``max_jobs`` 50 and ``poll_delay`` 0.01 s like ours: "tuned raw ARQ".
-- ours: ``worker.main.run`` as ``stockroom worker`` runs it (``bench/worker_proc.py ours``)
-  with a no-op handler for the bench-only kind ``bench``: each job is a row in ``jobs`` and a
-  ``run_job(id, 0)`` ARQ job as ``Queue.enqueue_run_job`` makes it — claim under a lease,
-  lease task, handler, complete. The bench checks every row ends ``complete`` with 1 attempt.
-- variants of ours (``--no-variants`` skips them), each one change measured, not in the
-  product: ``--no-pool-reset`` (asyncpg pool ``reset=`` no-op: no reset query per release),
-  ``--quiet-job-log`` (no INFO line per job), ``--batched-db`` (claim/complete coalesced
-  across the process's concurrent jobs: one ``UPDATE ... FROM unnest`` per batch),
-  ``--pg-drain`` (prototype: one coalesced ARQ job per process claims due jobs straight from
-  PostgreSQL in batches with SKIP LOCKED; Redis carries only the wake-up, as for audit).
 
 Also printed per job: CPU of the worker process(es), of the PostgreSQL backends of this
 database, and of Redis (``INFO cpu``: a shared server, approximate): where the time goes.
@@ -42,14 +43,14 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg
 import redis.asyncio as aioredis
-from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms, job_key_prefix
 from arq.jobs import serialize_job
 
@@ -63,6 +64,11 @@ from bench.worker_common import (
     proc_cpu_seconds,
     table,
 )
+from shared.db.database import Database
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job, mark_enqueued
+from shared.queue import Queue
 
 TARGET_VS_RAW = 1.0
 POLL_DELAY = 0.01  # worker.main.POLL_DELAY_SECONDS
@@ -79,10 +85,6 @@ class Config:
     queue: str = ""
     procs: list[Proc] = field(default_factory=list)
     next_n: int = 0
-
-    @property
-    def pg_drain(self) -> bool:
-        return "--pg-drain" in self.options
 
 
 @dataclass
@@ -147,81 +149,89 @@ async def remaining(client: aioredis.Redis, queue: str) -> int:
     return count
 
 
+class BenchKind(StrEnum):
+    """The bench-only job kind (``bench/worker_proc.py`` registers a no-op handler)."""
+
+    bench = "bench"
+
+
+async def write_jobs(conn: Any, tag: str, n: int) -> UnitOfWork:
+    """N jobs written by ``create_job`` in the open transaction of ``conn``, as a request
+    writes them."""
+    uow = UnitOfWork(conn, Actor.system(tag))
+    kind = cast(JobKind, BenchKind.bench)
+    for _ in range(n):
+        await create_job(uow, kind, {}, 5)
+    return uow
+
+
 async def measure(stack: Stack, config: Config, tag: str, n: int, max_seconds: float) -> Result:
     client = aioredis.Redis.from_url(stack.redis_url)
-    db_conn = await asyncpg.connect(stack.db_url)
-    queue = config.queue
+    db = await Database.connect(stack.db_url, pool_size=2)
+    queue = Queue.from_url(stack.redis_url, config.queue)
     try:
-        if config.kind == "ours":
-            rows = await db_conn.fetch(
-                "INSERT INTO jobs (kind, payload, max_attempts, enqueued_at, request_id)"
-                " SELECT 'bench', '{}'::jsonb, 5, now(), $1"
-                " FROM generate_series(1, $2) RETURNING id",
-                tag,
-                n,
-            )
-            jobs: list[tuple[str, str, tuple[Any, ...]]] = [
-                (f"{r['id']}:0", "run_job", (str(r["id"]), 0)) for r in rows
-            ]
-        else:
-            jobs = [(f"{queue}:{tag}:{i}", "noop", ()) for i in range(n)]
-        pg0 = await pg_backend_cpu(stack.admin_url, stack.db_name)
-        redis0 = await redis_cpu(client)
-        cpu0 = proc_cpu_seconds(p.pid for p in config.procs)
-        if config.pg_drain:  # the rows are the queue; one wake-up per process
-            arq = ArqRedis(connection_pool=client.connection_pool)
-            started = time.time()
-            for lane in range(config.processes):
-                await arq.enqueue_job(
-                    "drain_jobs", _job_id=f"{queue}:{tag}:drain:{lane}", _queue_name=queue
+        async with db.pool.acquire() as conn:
+            ours = config.kind == "ours"
+            transaction = conn.transaction()
+            if ours:
+                await transaction.start()
+                uow = await write_jobs(conn, tag, n)
+            else:
+                jobs = [(f"{config.queue}:{tag}:{i}", "noop", ()) for i in range(n)]
+            pg0 = await pg_backend_cpu(stack.admin_url, stack.db_name)
+            redis0 = await redis_cpu(client)
+            cpu0 = proc_cpu_seconds(p.pid for p in config.procs)
+            if ours:
+                started = time.time()
+                await transaction.commit()
+                handed = await queue.dispatch(uow.new_jobs)
+                if handed:
+                    await mark_enqueued(conn, handed)
+            else:
+                started = await fill(client, config.queue, jobs)
+            left = n
+            while True:
+                await asyncio.sleep(0.01)
+                if ours:
+                    left = await conn.fetchval(
+                        "SELECT count(*) FROM jobs"
+                        " WHERE status IN ('queued', 'in_progress') AND kind = 'bench'"
+                    )
+                else:
+                    left = await remaining(client, config.queue)
+                elapsed = time.time() - started
+                if left == 0 or elapsed >= max_seconds:
+                    break
+            if ours and left == 0:
+                elapsed = await conn.fetchval(
+                    "SELECT extract(epoch FROM max(finished_at))::float8 - $2 FROM jobs"
+                    " WHERE request_id = $1",
+                    tag,
+                    started,
                 )
-        else:
-            started = time.time()
-            await fill(client, queue, jobs)
-        left = n
-        while True:
-            await asyncio.sleep(0.01)
-            if config.pg_drain:
-                left = await db_conn.fetchval(
-                    "SELECT count(*) FROM jobs WHERE status IN ('queued', 'in_progress')"
-                    " AND request_id = $1",
+            worker_cpu = proc_cpu_seconds(p.pid for p in config.procs) - cpu0
+            redis_used = await redis_cpu(client) - redis0
+            pg1 = await pg_backend_cpu(stack.admin_url, stack.db_name)
+            pg_used = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
+            stack.check_alive(*config.procs)
+            if left:
+                raise BenchError(
+                    f"{config.name}: {left} of {n} jobs left after {max_seconds:.0f} s"
+                    " (raise --max-seconds)"
+                )
+            if ours:
+                bad = await conn.fetchval(
+                    "SELECT count(*) FROM jobs WHERE request_id = $1"
+                    " AND NOT (status = 'complete' AND attempts = 1)",
                     tag,
                 )
-            else:
-                left = await remaining(client, queue)
-            elapsed = time.time() - started
-            if left == 0 or elapsed >= max_seconds:
-                break
-        if config.pg_drain and left == 0:
-            elapsed = await db_conn.fetchval(
-                "SELECT extract(epoch FROM max(finished_at))::float8 - $2 FROM jobs"
-                " WHERE request_id = $1",
-                tag,
-                started,
-            )
-        worker_cpu = proc_cpu_seconds(p.pid for p in config.procs)
-        worker_cpu -= cpu0
-        redis_used = await redis_cpu(client) - redis0
-        pg1 = await pg_backend_cpu(stack.admin_url, stack.db_name)
-        pg_used = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
-        stack.check_alive(*config.procs)
-        if left:
-            raise BenchError(
-                f"{config.name}: {left} of {n} jobs left after {max_seconds:.0f} s"
-                " (raise --max-seconds)"
-            )
-        if config.kind == "ours":
-            bad = await db_conn.fetchval(
-                "SELECT count(*) FROM jobs WHERE request_id = $1"
-                " AND NOT (status = 'complete' AND attempts = 1)",
-                tag,
-            )
-            if bad:
-                raise BenchError(f"{config.name}: {bad} of {n} jobs not complete in 1 attempt")
+                if bad:
+                    raise BenchError(f"{config.name}: {bad} of {n} jobs not complete in 1 attempt")
         return Result(config, n, elapsed, worker_cpu, pg_used, redis_used)
     finally:
         await client.aclose()
-        await db_conn.close()
+        await queue.close()
+        await db.close()
 
 
 def start(stack: Stack, config: Config, index: int) -> None:
@@ -325,21 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     install_budget(args.budget)
     started = time.monotonic()
-    fast = ["--no-pool-reset", "--quiet-job-log"]
     groups: list[list[Config]] = [
-        [Config("raw ARQ, noop", "raw", 1), Config("ours, run_job as shipped", "ours", 1)],
-        [Config("raw ARQ, noop", "raw", 2), Config("ours, run_job as shipped", "ours", 2)],
+        [Config("raw ARQ, noop", "raw", 1), Config("ours, durable jobs", "ours", 1)],
+        [Config("raw ARQ, noop", "raw", 2), Config("ours, durable jobs", "ours", 2)],
     ]
     if not args.no_variants:
-        groups[0] += [
-            Config("ours + no pool reset", "ours", 1, ["--no-pool-reset"], variant=True),
-            Config("ours + no pool reset + no job log", "ours", 1, fast, variant=True),
-            Config("ours + those + batched claim/complete", "ours", 1, [*fast, "--batched-db"], variant=True),
-            Config("ours + those + PG batch drain (prototype)", "ours", 1, [*fast, "--pg-drain"], variant=True),
-        ]  # fmt: skip
-        groups[1] += [
-            Config("ours + those + batched claim/complete", "ours", 2, [*fast, "--batched-db"], variant=True),
-        ]  # fmt: skip
+        groups[0].append(
+            Config("ours, no per-job log line", "ours", 1, ["--quiet-job-log"], variant=True)
+        )
     stack = Stack(prefix="wthr")
     best: list[tuple[Result, list[Result]]] = []
     status = 1
