@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.responses import Response
 
 from api import problems
-from api.deps import AppState, ReplayStored, replay_response
+from api.deps import AppState
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
@@ -32,6 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = await Database.connect(database_url, pool_size=settings.db_pool_size)
         queue = Queue.from_url(redis_url, settings.queue_name)
         app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
+        # What start-up built lives as long as the process: keep it out of the collector's
+        # full passes (one over the start-up heap paused the loop ~50 ms under load).
+        gc.freeze()
         try:
             yield
         finally:
@@ -50,15 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
 
-    async def on_replay(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ReplayStored)
-        return replay_response(exc.stored)
-
-    app.add_exception_handler(ReplayStored, on_replay)
-
+    # Routes are matched in order: the hot ones first.
     app.include_router(health.router)
-    app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(inventory.router, prefix=API_PREFIX)
+    app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)

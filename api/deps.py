@@ -4,11 +4,12 @@ scope, and the unit of work every mutation runs in."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request, params
+from fastapi import Depends, Request, params
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -19,7 +20,7 @@ from shared.auth.service import Principal, authenticate
 from shared.db.connection import Connection
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
-from shared.errors import DomainError, Forbidden, Unauthenticated
+from shared.errors import DomainError, Forbidden, IdempotencyKeyInFlight, Unauthenticated
 from shared.jobs.outbox import mark_enqueued
 from shared.queue import Queue
 from shared.settings import Settings
@@ -56,7 +57,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 async def read_connection(state: StateDep) -> AsyncIterator[Connection]:
     """A pooled connection for the request's reads (autocommit; each statement sees a
     consistent snapshot)."""
-    async with state.db.pool.acquire() as conn:
+    async with state.db.acquire() as conn:
         yield conn
 
 
@@ -95,13 +96,6 @@ def requires(scope: str) -> Any:
     return params.Security(dependency=RequireScope(scope), scopes=[scope])
 
 
-class ReplayStored(Exception):
-    """The request repeats an Idempotency-Key: answer with the stored response."""
-
-    def __init__(self, stored: idempotency.StoredResponse) -> None:
-        self.stored = stored
-
-
 def replay_response(stored: idempotency.StoredResponse) -> Response:
     headers = dict(stored.headers)
     headers["Idempotent-Replayed"] = "true"
@@ -120,7 +114,6 @@ class Mutation:
     principal: Principal
     idempotency_key: str | None
     fingerprint: bytes
-    responses: list[idempotency.StoredResponse] = field(default_factory=list)
 
     async def respond(
         self,
@@ -154,98 +147,167 @@ def _stored_problem(exc: DomainError) -> idempotency.StoredResponse:
     )
 
 
-class MutationScope:
-    """The unit-of-work dependency of a mutating endpoint needing ``scope``."""
+_MUTATION = "stockroom.mutation"
 
-    def __init__(self, scope: str) -> None:
-        self.require = RequireScope(scope)
 
-    async def __call__(
-        self,
-        request: Request,
-        state: StateDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                description="Makes a retried POST safe: 1-255 characters, kept 24 h.",
-            ),
-        ] = None,
-    ) -> AsyncIterator[Mutation]:
-        principal = await self.require(request, state, credentials)
-        key = idempotency.validate_key(idempotency_key) if request.method == "POST" else None
-        print_ = (
-            idempotency.fingerprint(request.method, request.url.path, await request.body())
-            if key is not None
-            else b""
-        )
-        actor = Actor(
-            key_id=principal.key_id,
-            key_name=principal.name,
-            request_id=getattr(request.state, "request_id", None),
-        )
-        async with state.db.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            uow = UnitOfWork(
-                conn,
-                actor,
-                job_max_tries=state.settings.job_max_tries,
-                webhooks_enabled=state.settings.webhook_url is not None,
+class MutationDependency:
+    """What ``mutates(scope)`` puts in an endpoint's signature: the ``Mutation`` that
+    ``MutationRoute`` opened for the request. It carries the route's scope and options."""
+
+    def __init__(self, scope: str, *, atomic: bool) -> None:
+        self.scope = scope
+        self.atomic = atomic
+
+    async def __call__(self, request: Request) -> Mutation:
+        try:
+            mutation: Mutation = request.scope[_MUTATION]
+        except KeyError:
+            raise RuntimeError(
+                "a mutating endpoint must be on an APIRouter(route_class=MutationRoute)"
+            ) from None
+        return mutation
+
+
+def mutates(scope: str, *, atomic: bool = False) -> Any:
+    """Marker for ``Annotated[Mutation, mutates(scope)]`` on an endpoint of a router with
+    ``route_class=MutationRoute``, which runs the endpoint as a unit of work (see there).
+    ``atomic``: the endpoint's service raises domain errors only before it has written
+    anything, so the work needs no savepoint (a round trip each way)."""
+    return Depends(MutationDependency(scope, atomic=atomic))
+
+
+def _bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _mutation_openapi(scope: str) -> dict[str, Any]:
+    return {
+        "security": [{"HTTPBearer": [scope]}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Makes a retried POST safe: 1-255 characters, kept 24 h.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        ],
+    }
+
+
+class MutationRoute(APIRoute):
+    """A route whose endpoint asks for ``mutates(scope)`` runs as one unit of work, with no
+    dependency machinery on the hot path:
+
+    one connection, one transaction; its first statement authenticates the caller (401, 403
+    — before the body is validated) and claims the Idempotency-Key (``idempotency.
+    open_mutation``: a stored answer is replayed at once); the endpoint runs (FastAPI
+    validates the body); its response is stored under the key; commit; then the outbox's jobs
+    are dispatched. With a key, a domain error is stored while the key's lock is still held:
+    the work runs in a savepoint that the error rolls back (unless ``atomic``). Other
+    endpoints of the router are served as usual."""
+
+    def _mutation_dependency(self) -> MutationDependency | None:
+        found = [
+            d.call for d in self.dependant.dependencies if isinstance(d.call, MutationDependency)
+        ]
+        return found[0] if found else None
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+        spec = self._mutation_dependency()
+        if spec is None:
+            return inner
+        self.openapi_extra = {**(self.openapi_extra or {}), **_mutation_openapi(spec.scope)}
+
+        async def handle(request: Request) -> Response:
+            return await _run_mutation(request, spec, inner)
+
+        return handle
+
+
+async def _run_mutation(
+    request: Request,
+    spec: MutationDependency,
+    endpoint: Callable[[Request], Coroutine[Any, Any, Response]],
+) -> Response:
+    state: AppState = request.app.state.stockroom
+    headers = request.headers
+    key = headers.get("idempotency-key") if request.method == "POST" else None
+    print_ = (
+        idempotency.fingerprint(request.method, request.url.path, await request.body())
+        if key is not None
+        else b""
+    )
+    async with state.db.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            opened = await idempotency.open_mutation(
+                conn, _bearer_token(headers.get("authorization")), spec.scope, key, print_
             )
-            stored = None
-            if key is not None:
-                try:
-                    stored = await idempotency.claim(conn, principal.key_id, key, print_)
-                except BaseException:
-                    await transaction.rollback()
-                    raise
-            if stored is not None:
+        except BaseException:
+            await transaction.rollback()
+            raise
+        principal = opened.principal
+        request.state.principal = principal
+        if opened.replay is not None:
+            await transaction.rollback()
+            return replay_response(opened.replay)
+        uow = UnitOfWork(
+            conn,
+            Actor(
+                key_id=principal.key_id,
+                key_name=principal.name,
+                request_id=getattr(request.state, "request_id", None),
+            ),
+            job_max_tries=state.settings.job_max_tries,
+            webhooks_enabled=state.settings.webhook_url is not None,
+        )
+        request.scope[_MUTATION] = Mutation(uow, principal, key, print_)
+        work = conn.transaction() if key is not None and not spec.atomic else None
+        try:
+            if work is not None:
+                await work.start()
+            response = await endpoint(request)
+            if work is not None:
+                await work.commit()
+        except IdempotencyKeyInFlight:  # from ``store``: the key's holder won
+            await transaction.rollback()
+            raise
+        except DomainError as exc:
+            if key is None or exc.status >= 500:
                 await transaction.rollback()
-                raise ReplayStored(stored)
-            # With a key, the work runs inside a savepoint: a domain error rolls back to it
-            # and its answer is stored under the key while the transaction, and so the
-            # key's lock, is still held — no same-key request can slip in between.
-            work = conn.transaction() if key is not None else None
+                raise
             try:
                 if work is not None:
-                    await work.start()
-                yield Mutation(uow, principal, key, print_)
-                if work is not None:
-                    await work.commit()
-            except DomainError as exc:
-                if key is None or exc.status >= 500 or work is None:
-                    await transaction.rollback()
-                    raise
-                try:
                     await work.rollback()
-                    uow.new_jobs.clear()
-                    await idempotency.store(
-                        conn, principal.key_id, key, print_, _stored_problem(exc)
-                    )
-                    await transaction.commit()
-                except BaseException:
-                    await transaction.rollback()
-                    raise
-                raise
+                uow.new_jobs.clear()
+                await idempotency.store(conn, principal.key_id, key, print_, _stored_problem(exc))
+                await transaction.commit()
             except BaseException:
                 await transaction.rollback()
                 raise
-            await transaction.commit()
-        for job in uow.new_jobs:
-            metrics.JOBS_ENQUEUED.labels(job.kind).inc()
-        if uow.new_jobs:
-            handed = await state.queue.dispatch(uow.new_jobs)
-            if handed:
-                try:
-                    async with state.db.pool.acquire() as conn:
-                        await mark_enqueued(conn, handed)
-                except Exception as exc:  # the relay re-sends; ARQ drops duplicates by id
-                    log.warning("could not mark jobs enqueued: %s", exc)
+            raise
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.commit()
+    if uow.new_jobs:
+        await _dispatch(state, uow)
+    return response
 
 
-def mutates(scope: str) -> Any:
-    """Dependency marker for ``Annotated[Mutation, mutates(scope)]``. Its exit code (commit,
-    then dispatch) runs before the response is sent."""
-    return params.Security(dependency=MutationScope(scope), scopes=[scope], scope="function")
+async def _dispatch(state: AppState, uow: UnitOfWork) -> None:
+    for job in uow.new_jobs:
+        metrics.JOBS_ENQUEUED.labels(job.kind).inc()
+    handed = await state.queue.dispatch(uow.new_jobs)
+    if handed:
+        try:
+            async with state.db.acquire() as conn:
+                await mark_enqueued(conn, handed)
+        except Exception as exc:  # the relay re-sends; ARQ drops duplicates by id
+            log.warning("could not mark jobs enqueued: %s", exc)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import os
 import platform
@@ -426,6 +427,8 @@ class Bench:
         base += ["-c", str(self.args.pgbench_clients), "-j", str(self.args.threads)]
         base += ["-D", f"prefix={self.sku_prefix}", "-D", f"nskus={self.args.products}"]
         base += ["-D", f"keyprefix={key_prefix}", "-D", f"keyid={self.api_key_id}"]
+        secret = self.api_key.split("_", 2)[2]
+        base += ["-D", f"keyhash={hashlib.sha256(secret.encode()).hexdigest()}"]
         dsn = libpq_url(self.db_url)
         log(f"pgbench: {self.args.warmup} s warm-up, {self.args.duration} s measured")
         results: dict[str, float] = {}

@@ -1,16 +1,26 @@
-"""Idempotency-Key records: looked up under a transaction-scoped advisory lock (a concurrent
-request with the same key gets 409) and stored in the same transaction as the work, so a key
-never exists without its effect nor an effect without its key. Kept 24 h."""
+"""Opening a mutation, and Idempotency-Key records: the caller is authenticated and its key
+looked up under a transaction-scoped advisory lock (a concurrent request with the same key
+gets 409) in one statement, and the response is stored in the same transaction as the work,
+so a key never exists without its effect nor an effect without its key. Kept 24 h."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from dataclasses import dataclass
 
+from shared.auth.keys import hash_secret, parse_token
+from shared.auth.service import Principal
 from shared.db.connection import Connection
-from shared.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidIdempotencyKey
+from shared.errors import (
+    Forbidden,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    Unauthenticated,
+)
 
 MAX_KEY_LENGTH = 255
 RETENTION = "24 hours"
@@ -47,34 +57,78 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
     return digest.digest()
 
 
-def lock_id(api_key_id: uuid.UUID, key: str) -> int:
+def lock_id(key_prefix: str, key: str) -> int:
+    """The advisory lock of one API key's Idempotency-Key (the API key by its public prefix,
+    known before any query)."""
     return int.from_bytes(
-        hashlib.blake2b(f"{api_key_id}:{key}".encode(), digest_size=8).digest(), "big", signed=True
+        hashlib.blake2b(f"{key_prefix}:{key}".encode(), digest_size=8).digest(), "big", signed=True
     )
 
 
-async def claim(
-    conn: Connection, api_key_id: uuid.UUID, key: str, print_: bytes
-) -> StoredResponse | None:
-    """Inside the request's transaction: the stored response to replay, or ``None`` when the
-    work must run (the caller then calls ``store``). Raises 409 while another request holds
-    the key and 422 when the key was used for a different request."""
-    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock_id(api_key_id, key)):
-        raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in flight")
-    # A statement of its own, after the lock: its snapshot sees a holder's commit.
+# One round trip opens a mutation: the caller's key row, and under an Idempotency-Key its lock
+# and stored response. The lock is taken only for a matching secret (the caller still checks
+# it in constant time). The lookup's snapshot predates the lock, so a holder committing in
+# between goes unseen: the work then runs, and ``store`` meets the holder's row and answers
+# 409 (the transaction rolls back; a retry replays).
+_OPEN_SQL = f"""
+SELECT k.id, k.name, k.secret_hash, k.scopes,
+       CASE WHEN $2::text IS NOT NULL AND k.secret_hash = $4::bytea
+            THEN pg_try_advisory_xact_lock($3::bigint) END AS locked,
+       s.fingerprint, s.status_code, s.headers, s.body
+FROM api_keys k
+LEFT JOIN idempotency_keys s
+       ON s.api_key_id = k.id AND s.key = $2::text
+      AND s.created_at > now() - interval '{RETENTION}'
+WHERE k.prefix = $1 AND k.revoked_at IS NULL
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The caller of a mutation and, under an Idempotency-Key, the response to replay."""
+
+    principal: Principal
+    replay: StoredResponse | None
+
+
+async def open_mutation(
+    conn: Connection, token: str | None, scope: str, key: str | None, print_: bytes
+) -> Opened:
+    """Inside the mutation's transaction, in one statement: authenticate the caller (401),
+    check ``scope`` (403), and claim ``key`` (400 for a bad key, 409 while another request
+    holds it, 422 when it was used for a different request). ``replay`` is ``None`` when the
+    work must run (the caller then calls ``store``)."""
+    material = parse_token(token) if token else None
+    if material is None:
+        raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+    valid_key = key if key is not None and 1 <= len(key) <= MAX_KEY_LENGTH else None
+    secret_hash = hash_secret(material.secret)
     row = await conn.fetchrow(
-        "SELECT fingerprint, status_code, headers, body FROM idempotency_keys"
-        f" WHERE api_key_id = $1 AND key = $2 AND created_at > now() - interval '{RETENTION}'",
-        api_key_id,
-        key,
+        _OPEN_SQL,
+        material.prefix,
+        valid_key,
+        lock_id(material.prefix, valid_key) if valid_key is not None else 0,
+        secret_hash,
     )
-    if row is None:
-        return None
+    if row is None or not hmac.compare_digest(secret_hash, bytes(row["secret_hash"])):
+        raise Unauthenticated("the API key is unknown or revoked")
+    principal = Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
+    if not principal.allows(scope):
+        raise Forbidden(f"this API key lacks the '{scope}' scope")
+    validate_key(key)
+    if valid_key is None:
+        return Opened(principal, None)
+    if not row["locked"]:
+        raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in flight")
+    if row["fingerprint"] is None:
+        return Opened(principal, None)
     if bytes(row["fingerprint"]) != print_:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request in the last 24 hours"
         )
-    return StoredResponse(row["status_code"], dict(row["headers"]), bytes(row["body"]))
+    return Opened(
+        principal, StoredResponse(row["status_code"], dict(row["headers"]), bytes(row["body"]))
+    )
 
 
 async def store(
@@ -103,7 +157,7 @@ async def store(
         response.headers,
         response.body,
     )
-    if stored is None:  # pragma: no cover - excluded by the advisory lock in ``claim``
+    if stored is None:  # the rare race ``open_mutation`` describes
         raise IdempotencyKeyInFlight("a request with this Idempotency-Key completed concurrently")
 
 

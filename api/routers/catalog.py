@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import ConnDep, Mutation, mutates, requires
+from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.catalog import service
 from shared.catalog.schemas import Product, ProductCreate, ProductPatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
-router = APIRouter(prefix="/catalog", tags=["catalog"])
+router = APIRouter(route_class=MutationRoute, prefix="/catalog", tags=["catalog"])
 
 CatalogRead = Annotated[Principal, requires(Scope.catalog_read)]
 CatalogWrite = Annotated[Mutation, mutates(Scope.catalog_write)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime
 
-from api.deps import ConnDep, Mutation, mutates, requires
+from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.inventory import service
@@ -29,10 +29,12 @@ from shared.inventory.schemas import (
 )
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
-router = APIRouter(prefix="/inventory", tags=["inventory"])
+router = APIRouter(route_class=MutationRoute, prefix="/inventory", tags=["inventory"])
 
 InventoryRead = Annotated[Principal, requires(Scope.inventory_read)]
 InventoryWrite = Annotated[Mutation, mutates(Scope.inventory_write)]
+# restock writes in one statement, or nothing before it raises: no savepoint needed
+InventoryWriteAtomic = Annotated[Mutation, mutates(Scope.inventory_write, atomic=True)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 CONFLICTS: dict[int | str, dict[str, Any]] = {
     409: {"description": "Archived product, insufficient stock, or duplicate"}
@@ -53,7 +55,7 @@ async def list_locations(
 
 
 @router.post("/restock", status_code=201, response_model=RestockResult, responses=CONFLICTS)
-async def restock(body: RestockLine, m: InventoryWrite) -> Response:
+async def restock(body: RestockLine, m: InventoryWriteAtomic) -> Response:
     """Receive stock at a location (default `MAIN`). Send an `Idempotency-Key`: a retried
     request then returns the first answer and counts nothing twice."""
     return await m.respond(201, await service.restock(m.uow, body))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import ConnDep, Mutation, mutates, requires
+from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.jobs import service
@@ -15,7 +15,7 @@ from shared.jobs.kinds import FINISHED_STATUSES, JobStatus
 from shared.jobs.schemas import Job
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(route_class=MutationRoute, prefix="/jobs", tags=["jobs"])
 
 JobsRead = Annotated[Principal, requires(Scope.jobs_read)]
 JobsWrite = Annotated[Mutation, mutates(Scope.jobs_write)]

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Body, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import ConnDep, Mutation, StateDep, mutates, requires
+from api.deps import ConnDep, Mutation, MutationRoute, StateDep, mutates, requires
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.jobs.schemas import Job
@@ -19,7 +19,7 @@ from shared.reports.schemas import Report, ReportRequest
 from shared.reports.service import StoredFile
 from shared.reports.storage import iter_chunks
 
-router = APIRouter(prefix="/reports", tags=["reports"])
+router = APIRouter(route_class=MutationRoute, prefix="/reports", tags=["reports"])
 
 ReportsRead = Annotated[Principal, requires(Scope.reports_read)]
 ReportsWrite = Annotated[Mutation, mutates(Scope.reports_write)]

@@ -10,6 +10,15 @@ from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
 
+# The audit job's row as an ``INSERT … SELECT`` for a data-modifying CTE: a hot path writes its
+# event in the statement that makes the change (``payload``, ``source`` and the rest are SQL
+# expressions of that statement). Same columns as ``shared.jobs.outbox.create_job``.
+AUDIT_JOB_INSERT = (
+    "INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id)"
+    " SELECT 'audit', {payload}, {max_attempts}, {request_id}, {actor_key_id} FROM {source}"
+    " RETURNING id"
+)
+
 
 def event_payload(
     actor: Actor, action: str, subject: str, skus: list[str], payload: dict[str, Any]

@@ -9,6 +9,7 @@ driver level, so request-time code runs at driver cost, in one transaction per r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,9 +41,51 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     transaction before calling this."""
 
 
+class _Checkout:
+    """``Database.acquire()``: a semaphore slot, then a pooled connection."""
+
+    __slots__ = ("_conn", "_db", "_timeout")
+
+    def __init__(self, db: Database, timeout: float | None) -> None:
+        self._db = db
+        self._timeout = timeout
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        slots = self._db.slots
+        if self._timeout is None:
+            await slots.acquire()
+        else:
+            async with asyncio.timeout(self._timeout):
+                await slots.acquire()
+        try:
+            self._conn = await self._db.pool.acquire(timeout=self._timeout)
+        except BaseException:
+            slots.release()
+            raise
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._db.pool.release(self._conn)  # type: ignore[arg-type]
+        finally:
+            self._db.slots.release()
+
+
 @dataclass(slots=True)
 class Database:
     pool: asyncpg.Pool
+    slots: asyncio.Semaphore
+
+    def acquire(self, timeout: float | None = None) -> _Checkout:
+        """A pooled connection, handed out first come, first served.
+
+        asyncpg's pool lets a newcomer take a connection just released to a waiter
+        (``asyncio.Queue.get`` re-queues the woken waiter at the back when it finds the
+        queue empty again), so under load some requests wait many times longer than the rest
+        (measured: restock p99 5x p50 at 64 connections). A FIFO semaphore of the pool's size
+        in front of it admits in arrival order, and the pool then never makes anyone wait."""
+        return _Checkout(self, timeout)
 
     @classmethod
     async def connect(cls, url: str, pool_size: int = 10) -> Database:
@@ -56,7 +99,7 @@ class Database:
             max_inactive_connection_lifetime=60,
         )
         assert pool is not None
-        return cls(pool=pool)
+        return cls(pool=pool, slots=asyncio.Semaphore(pool_size))
 
     async def close(self) -> None:
         await self.pool.close()
@@ -64,12 +107,12 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """A pooled connection inside one transaction: commit on success, rollback on error."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.acquire() as conn, conn.transaction():
             yield conn
 
     async def ping(self) -> bool:
         try:
-            async with self.pool.acquire(timeout=2) as conn:
+            async with self.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
         except Exception:
             return False

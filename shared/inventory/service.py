@@ -14,13 +14,13 @@ import asyncpg
 from sqlalchemy import select
 
 from shared.alerts.low_stock import check_crossing
-from shared.audit.events import record_event
+from shared.audit.events import AUDIT_JOB_INSERT, event_payload, record_event
 from shared.db.connection import Connection
 from shared.db.database import compile_query
 from shared.db.models import Location as LocationRow
 from shared.db.models import Movement as MovementRow
 from shared.db.models import Product as ProductRow
-from shared.db.unit_of_work import UnitOfWork
+from shared.db.unit_of_work import NewJob, UnitOfWork
 from shared.errors import (
     DuplicateLocation,
     InsufficientStock,
@@ -47,6 +47,7 @@ from shared.inventory.schemas import (
     Transfer,
     TransferResult,
 )
+from shared.jobs.kinds import JobKind
 from shared.pagination import Page, decode_cursor, encode_cursor
 
 # --- locations -------------------------------------------------------------------------------
@@ -122,9 +123,17 @@ _LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 
 # --- restock -----------------------------------------------------------------------------------
 
-# One statement: resolve, upsert the level, append the ledger row. The CTEs see no row when
-# the SKU or location is unknown (or the product archived): the caller then says which.
-_RESTOCK = """
+# One statement: resolve, upsert the level, append the ledger row, write the audit event (its
+# payload completed with the movement's id). The CTEs see no row when the SKU or location is
+# unknown (or the product archived): nothing is written, and the caller then says which.
+_RESTOCK_EVENT = AUDIT_JOB_INSERT.format(
+    payload="jsonb_set($8::jsonb, '{payload,movement_id}', to_jsonb(movement.id))",
+    max_attempts="$9",
+    request_id="$7",
+    actor_key_id="$6",
+    source="movement",
+)
+_RESTOCK = f"""
 WITH target AS (
     SELECT p.id AS product_id, l.id AS location_id
     FROM products p, locations l
@@ -140,13 +149,20 @@ WITH target AS (
         (product_id, location_id, delta, reason, reference, note, actor_key_id, request_id)
     SELECT product_id, location_id, $3, 'restock', $4, $5, $6, $7 FROM level
     RETURNING id, created_at
-)
-SELECT movement.id, movement.created_at, level.quantity, level.updated_at
-FROM level, movement
+), event AS ({_RESTOCK_EVENT})
+SELECT movement.id, movement.created_at, level.quantity, level.updated_at, event.id AS job_id
+FROM level, movement, event
 """
 
 
 async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
+    event = event_payload(
+        uow.actor,
+        "inventory.restocked",
+        f"product:{line.sku}",
+        [line.sku],
+        {**line.model_dump(mode="json"), "movement_id": None},
+    )
     row = await uow.conn.fetchrow(
         _RESTOCK,
         line.sku,
@@ -156,17 +172,14 @@ async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
         line.note,
         uow.actor.key_id,
         uow.actor.request_id,
+        event,
+        uow.job_max_tries,
     )
     if row is None:
         await _resolve(uow.conn, [(line.sku, line.location_code)], [_LINE_FIELDS])
         raise AssertionError("restock wrote nothing for a resolvable reference")  # unreachable
-    job_id = await record_event(
-        uow,
-        "inventory.restocked",
-        f"product:{line.sku}",
-        [line.sku],
-        {**line.model_dump(mode="json"), "movement_id": row["id"]},
-    )
+    job_id = row["job_id"]
+    uow.new_jobs.append(NewJob(id=job_id, kind=JobKind.audit.value))
     return RestockResult(
         movement=Movement(
             id=row["id"],
