@@ -123,3 +123,41 @@ async def test_no_internals_in_auth_errors(client: httpx.AsyncClient) -> None:
     r = await client.get(PRODUCTS, headers={"Authorization": "Bearer sr_abcdefabcdef_x' OR 1=1 --"})
     assert_problem(r, 401)
     assert "SELECT" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "error_type"),
+    [
+        ("application/json; charset=utf-8", b'{"sku": "CT-1", "quantity": 2}', 201, None),
+        ("application/vnd.stockroom+json", b'{"sku": "CT-1", "quantity": 2}', 201, None),
+        ("application/json", b'{"sku": "CT-1", "quantity": 2', 422, "json_invalid"),
+        ("application/json", b'{"sku": "CT-1", "quantity": "2"}', 422, "int_type"),
+        ("application/json", b"", 422, "missing"),
+        ("text/plain", b'{"sku": "CT-1", "quantity": 2}', 422, None),
+        (None, b'{"sku": "CT-1", "quantity": 2}', 422, None),
+    ],
+)
+async def test_mutation_bodies_are_read_as_fastapi_reads_them(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    content_type: str | None,
+    body: bytes,
+    status: int,
+    error_type: str | None,
+) -> None:
+    """Restock's body is validated without FastAPI's request handler on the happy path
+    (``MutationRoute._direct_endpoint``); every content type and error still gets FastAPI's
+    answer."""
+    created = await client.post(
+        PRODUCTS, json={"sku": "CT-1", "title": "t", "unit_price": "1.00"}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    headers = {**admin, "Content-Type": content_type} if content_type else admin
+    r = await client.post("/api/v1/inventory/restock", content=body, headers=headers)
+    if status == 201:
+        assert r.status_code == 201, r.text
+        assert r.json()["stock"]["quantity"] == 2
+        return
+    problem = assert_problem(r, 422)
+    if error_type is not None:
+        assert problem["errors"][0]["type"] == error_type, problem

@@ -6,12 +6,19 @@ from the first response."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 
 from shared.db.database import Database
-from shared.idempotency import lock_id
-from tests.inventory.helpers import ADJUST, assert_ledger_consistent, make_product, restock
+from shared.idempotency import fingerprint, lock_id
+from tests.inventory.helpers import (
+    ADJUST,
+    RESTOCK,
+    assert_ledger_consistent,
+    make_product,
+    restock,
+)
 from tests.waiting import eventually
 
 KEY = "pick-once"
@@ -79,3 +86,61 @@ async def test_a_failed_request_is_remembered_before_its_key_is_released(
         " api/deps.py released the key before storing the error"
     )
     assert again.content == first.content
+
+
+async def test_a_key_stored_while_the_request_ran_wins_and_the_work_is_undone(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
+    """The key's lock and its lookup are one statement, whose snapshot predates the lock: a
+    holder that commits between the two goes unseen, so the request does its work; storing
+    the key then meets the holder's record, and the request must answer 409 and keep nothing
+    (the retry replays the holder's answer)."""
+    await make_product(client, admin, "BIN-2")
+    await restock(client, admin, "BIN-2", 1)
+    line = {"sku": "BIN-2", "quantity": 7}
+    headers = {**admin, "Idempotency-Key": "slipped-in"}
+    async with db.pool.acquire() as conn:
+        api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
+        product_id = await conn.fetchval("SELECT id FROM products WHERE sku = 'BIN-2'")
+        movements_before = await conn.fetchval("SELECT count(*) FROM movements")
+
+    async def waiting(sql: str) -> bool:
+        async with db.pool.acquire() as conn:
+            return bool(await conn.fetchval(sql))
+
+    async with db.pool.acquire() as blocker, db.pool.acquire() as holder:
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute(
+            "UPDATE stock_levels SET quantity = quantity WHERE product_id = $1", product_id
+        )
+        request = asyncio.create_task(client.post(RESTOCK, json=line, headers=headers))
+        await eventually(
+            lambda: waiting(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO stock_levels%'"
+            ),
+            what="the request to have claimed its key and to wait for the level",
+        )
+        # the key's other holder commits now, after the request's lookup
+        await holder.execute(
+            "INSERT INTO idempotency_keys"
+            " (api_key_id, key, fingerprint, status_code, headers, body)"
+            " VALUES ($1, $2, $3, 201, $4, $5)",
+            api_key_id,
+            "slipped-in",
+            fingerprint("POST", RESTOCK, json.dumps(line).encode()),
+            {"content-type": "application/json"},
+            b'{"answered": "by the holder"}',
+        )
+        await hold.commit()
+        response = await request
+
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("/idempotency-key-in-flight")
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM movements") == movements_before
+    await assert_ledger_consistent(db)
+    again = await client.post(RESTOCK, json=line, headers=headers)
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (201, "true")
+    assert again.json() == {"answered": "by the holder"}
