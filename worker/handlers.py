@@ -15,7 +15,7 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
     settings = run.state.settings
     if not settings.webhook_url or not settings.webhook_secret:
         raise PermanentJobError("STOCKROOM_WEBHOOK_URL is not set on this worker")
-    async with run.state.db.pool.acquire() as conn:
+    async with run.state.db.acquire() as conn:
         return await webhooks.deliver(
             conn,
             run.state.http,

@@ -6,9 +6,11 @@ policy. Redis plays no part: the ``jobs`` rows are the queue.
 - wake-ups: the ``NOTIFY`` sent by each new job's INSERT at commit (``shared.jobs.wakeups``),
   a poll every ``POLL_EVERY_SECONDS``, this worker's own delayed retries coming due, and a
   finished job while more may be due. A lost wake-up costs latency, never a job;
-- lease: one statement a second renews the leases of all this process's running jobs and
-  reads ``cancel_requested`` (a cancel stops the handler within about a second); a job no
-  longer ours (reclaimed after a lapse) is stopped;
+- lease: one statement a second renews the leases of all this process's jobs whose outcome
+  is not written yet, and reads ``cancel_requested`` (a cancel stops the handler within about
+  a second); a job no longer ours (reclaimed after a lapse) is stopped. It runs on a connection
+  of its own, outside the pool: handlers that hold every pooled connection (a slow webhook
+  receiver, reports) must not make a live worker's leases lapse and its jobs run twice;
 - outcome: complete (completions that arrive while one statement is in flight go together in
   the next); transient failure → due again after exponential backoff with jitter, until
   ``max_attempts``; permanent failure → failed at once, with a readable error; worker
@@ -25,9 +27,13 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+import asyncpg
 
 from shared import metrics
+from shared.db.connection import SERVER_SETTINGS
+from shared.db.urls import driver_url
 from shared.jobs import service as jobs
 from shared.jobs.retry import describe, is_transient
 from shared.jobs.wakeups import listen_for_jobs
@@ -43,6 +49,7 @@ CLAIM_BATCH = 100
 CLAIM_RETRY_SECONDS = 1.0
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -61,7 +68,7 @@ class JobRun:
         if not force and now - self._last_progress < PROGRESS_EVERY_SECONDS:
             return
         self._last_progress = now
-        async with self.state.db.pool.acquire() as conn:
+        async with self.state.db.acquire() as conn:
             await jobs.set_progress(conn, self.job.id, self.state.worker_id, percent)
 
 
@@ -100,7 +107,7 @@ class _Completions:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    async with self._state.db.pool.acquire() as conn:
+                    async with self._state.db.acquire() as conn:
                         completed = await jobs.complete_many(
                             conn, self._state.worker_id, [(i, r) for i, r, _ in batch]
                         )
@@ -134,6 +141,8 @@ class JobDrain:
         self._retry_at: float | None = None
         self._stopping = False
         self._deadline: float | None = None
+        self._claiming = False  # a claim statement is in flight or its jobs not started yet
+        self._lease_conn = _OwnConnection(database_url)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -165,8 +174,12 @@ class JobDrain:
         self.request_stop()
         assert self._deadline is not None
         if self._tasks:
-            with contextlib.suppress(BaseException):  # a claim in flight starts its jobs first
-                await self._tasks[0]
+            claim_loop = self._tasks[0]
+            if not self._claiming:  # asleep, or waiting for a pooled connection
+                claim_loop.cancel()
+            # a claim in flight starts its jobs first; asyncio.wait, not a suppressed await,
+            # so that a cancellation of stop() itself is not swallowed
+            await asyncio.wait([claim_loop])
         running = [task for _, task in self._runs.values()]
         if running:
             await asyncio.wait(running, timeout=max(0.0, self._deadline - time.monotonic()))
@@ -180,9 +193,9 @@ class JobDrain:
             await self._hand_back([run.job.id for run in shutdown])
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        await self._lease_conn.close()
 
     # --- claiming --------------------------------------------------------------------------
 
@@ -195,15 +208,21 @@ class JobDrain:
             free = self._concurrency - len(self._runs)
             if free > 0:
                 limit = min(free, CLAIM_BATCH)
+                claimed: list[jobs.ClaimedJob] = []
                 try:
-                    async with state.db.pool.acquire() as conn:
+                    async with state.db.acquire() as conn:
+                        if self._stopping:  # stopped while waiting for a connection
+                            break
+                        self._claiming = True
                         claimed = await jobs.claim_due(conn, state.worker_id, limit)
                 except Exception as exc:
+                    self._claiming = False
                     log.warning("claiming jobs failed: %s", exc)
                     await self._sleep(CLAIM_RETRY_SECONDS)
                     continue
                 for job in claimed:
                     self._start(job)
+                self._claiming = False
                 self._more_due = len(claimed) == limit
                 if not self._runs:
                     self._idle.set()
@@ -312,14 +331,14 @@ class JobDrain:
         """One outcome write; if the database is away, the lease lapses and the reaper
         returns the job."""
         try:
-            async with self._state.db.pool.acquire() as conn:
+            async with self._state.db.acquire() as conn:
                 await statement(conn, *args)
         except Exception as exc:
             log.warning("could not record a job's outcome: %s", exc)
 
     async def _hand_back(self, job_ids: list[uuid.UUID]) -> None:
         try:
-            async with self._state.db.pool.acquire() as conn:
+            async with self._state.db.acquire() as conn:
                 count = await jobs.hand_back(conn, self._state.worker_id, job_ids)
         except Exception as exc:  # the leases lapse and the reaper returns the jobs
             log.warning("could not hand back jobs: %s", exc)
@@ -332,20 +351,52 @@ class JobDrain:
         state = self._state
         while True:
             await asyncio.sleep(RENEW_EVERY_SECONDS)
-            held = {job_id: run for job_id, (run, _) in self._runs.items() if not run.finishing}
+            # Every job whose outcome is not written yet: a finished job's completion may be
+            # waiting for a pooled connection, and its lease must outlast the wait.
+            held = {job_id: run for job_id, (run, _) in self._runs.items()}
             if not held:
                 continue
             try:
-                async with state.db.pool.acquire() as conn:
-                    renewed = await jobs.renew_leases(conn, state.worker_id, list(held))
+                renewed = await self._lease_conn.run(jobs.renew_leases, state.worker_id, list(held))
             except Exception as exc:  # the lease outlives a short database blip
                 log.warning("lease renewal failed: %s", exc)
                 continue
             for job_id, run in held.items():
                 entry = self._runs.get(job_id)
-                if entry is None or run.finishing:
+                if entry is None or entry[0] is not run or run.finishing:
                     continue
                 cancel = renewed.get(job_id)
                 if cancel is None or cancel:
                     run.stop_reason = "lost" if cancel is None else "cancelled"
                     entry[1].cancel()
+
+
+class _OwnConnection:
+    """A connection of the drain's own, outside the pool (see the module: leases), opened on
+    first use and opened again after a failure."""
+
+    CONNECT_TIMEOUT_SECONDS = 5.0
+    STATEMENT_TIMEOUT_SECONDS = 5.0
+
+    def __init__(self, database_url: str) -> None:
+        self._url = driver_url(database_url)
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+
+    async def run(self, statement: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self._url, server_settings=SERVER_SETTINGS, timeout=self.CONNECT_TIMEOUT_SECONDS
+            )
+        try:
+            async with asyncio.timeout(self.STATEMENT_TIMEOUT_SECONDS):
+                return await statement(self._conn, *args)
+        except BaseException:
+            self._conn.terminate()  # in an unknown state: the next call opens a new one
+            self._conn = None
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), self.CONNECT_TIMEOUT_SECONDS)
+            self._conn = None

@@ -21,7 +21,7 @@ async def drain_audit(ctx: dict[str, Any]) -> int:
     """Write every pending audit entry, a batch per transaction, until none is left."""
     state = context_of(ctx)
     total = 0
-    async with state.db.pool.acquire() as conn:
+    async with state.db.acquire() as conn:
         while True:
             done = await audit.drain_batch(conn, AUDIT_BATCH)
             total += done
@@ -39,7 +39,7 @@ async def relay_outbox(ctx: dict[str, Any]) -> None:
     reclaim notifies the drains), and wake an audit drain for events that waited too long
     (their wake-up was lost: Redis was down, or the API process died after commit)."""
     state = context_of(ctx)
-    async with state.db.pool.acquire() as conn:
+    async with state.db.acquire() as conn:
         reclaimed = await jobs.reclaim_expired(conn)
         if reclaimed:
             log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
@@ -59,7 +59,7 @@ async def wake_job_drain(ctx: dict[str, Any], *_: Any) -> None:
 async def purge_expired(ctx: dict[str, Any]) -> None:
     """Idempotency records past 24 h; reports past their retention, and orphan chunks."""
     state = context_of(ctx)
-    async with state.db.pool.acquire() as conn:
+    async with state.db.acquire() as conn:
         while await idempotency.purge_expired(conn) > 0:
             pass
         expired = await purge_expired_reports(conn)

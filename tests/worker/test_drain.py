@@ -1,0 +1,143 @@
+"""The job drain (``worker.jobs.JobDrain``) in this process, against the real database, when
+its handlers hold every pooled connection: leases keep being renewed, and a stop does not
+wait for a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from shared.db.database import Database
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job
+from shared.queue import Queue
+from tests.conftest import Env
+from tests.waiting import eventually
+from worker.context import WorkerContext
+from worker.jobs import Handler, JobDrain, JobRun
+
+
+async def insert(db: Database, *skus: str) -> list[uuid.UUID]:
+    async with db.transaction() as conn:
+        uow = UnitOfWork(conn, Actor.system())
+        return [
+            await create_job(uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": s}}, 5)
+            for s in skus
+        ]
+
+
+async def leases(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
+    async with db.acquire() as conn:
+        rows = await conn.fetch("SELECT id, lease_until FROM jobs WHERE id = ANY($1)", ids)
+    return {r["id"]: r["lease_until"] for r in rows}
+
+
+@asynccontextmanager
+async def running_drain(
+    env: Env, handler: Handler, release: asyncio.Event, *, pool_size: int, grace_seconds: int = 20
+) -> AsyncIterator[tuple[JobDrain, Database]]:
+    settings = env.settings(worker_concurrency=4, worker_shutdown_grace_seconds=grace_seconds)
+    own_db = await Database.connect(env.database_url, pool_size=pool_size)
+    state = WorkerContext(
+        settings=settings,
+        db=own_db,
+        queue=Queue.from_url(env.redis_url, env.queue_name),
+        http=httpx.AsyncClient(),
+    )
+    drain = JobDrain(state, {JobKind.webhook.value: handler}, database_url=env.database_url)
+    drain.start()
+    try:
+        yield drain, own_db
+    finally:
+        release.set()
+        await asyncio.wait_for(drain.stop(), 10)
+        await state.http.aclose()
+        await state.queue.close()
+        await own_db.close()
+
+
+def holding_handler(
+    holding: asyncio.Event, release: asyncio.Event
+) -> Callable[[JobRun], Awaitable[dict[str, Any]]]:
+    """Job "HOLD" holds a pooled connection until released; any other job waits until it
+    does, then returns at once."""
+
+    async def handler(run: JobRun) -> dict[str, Any]:
+        if run.job.payload["data"]["sku"] == "HOLD":
+            async with run.state.db.acquire():
+                holding.set()
+                await release.wait()
+        else:
+            await holding.wait()
+        return {"sku": run.job.payload["data"]["sku"]}
+
+    return handler
+
+
+async def test_leases_are_renewed_while_handlers_hold_every_pooled_connection(
+    env: Env, db: Database
+) -> None:
+    holding, release = asyncio.Event(), asyncio.Event()
+    async with running_drain(env, holding_handler(holding, release), release, pool_size=1) as (
+        drain,
+        _,
+    ):
+        ids = await insert(db, "HOLD", "QUICK")
+        drain.wake()
+        await asyncio.wait_for(holding.wait(), 10)
+
+        async def claimed() -> bool:
+            return all(v is not None for v in (await leases(db, ids)).values())
+
+        await eventually(claimed, what="both jobs claimed")
+        first = await leases(db, ids)
+
+        # QUICK has returned; its completion waits for the connection HOLD holds. Both
+        # leases must still be renewed, or another worker's reaper would run them again.
+        async def renewed() -> bool:
+            now = await leases(db, ids)
+            return all(now[i] is not None and now[i] > first[i] for i in ids)  # type: ignore[operator]
+
+        await eventually(renewed, timeout=10, what="both leases renewed")
+        release.set()
+
+        async def complete() -> bool:
+            async with db.acquire() as conn:
+                done = await conn.fetchval(
+                    "SELECT count(*) FROM jobs WHERE status = 'complete' AND attempts = 1"
+                )
+            return int(done) == 2
+
+        await eventually(complete, what="both jobs complete")
+
+
+async def test_a_stop_does_not_wait_for_a_pooled_connection(env: Env, db: Database) -> None:
+    holding, release = asyncio.Event(), asyncio.Event()
+    async with running_drain(
+        env, holding_handler(holding, release), release, pool_size=1, grace_seconds=1
+    ) as (drain, own_db):
+        (job_id,) = await insert(db, "HOLD")
+        drain.wake()
+        await asyncio.wait_for(holding.wait(), 10)
+
+        async def claim_loop_waits_for_a_connection() -> bool:
+            drain.wake()
+            return bool(own_db.slots._waiters)  # the claim loop queued for the one slot
+
+        await eventually(claim_loop_waits_for_a_connection, what="the claim loop to queue")
+        # the grace period (1 s) ends, the handler is stopped and the job handed back, all
+        # while HOLD's release never comes
+        started = time.monotonic()
+        await asyncio.wait_for(drain.stop(), 10)
+        assert time.monotonic() - started < 4
+    async with db.acquire() as conn:
+        row = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
+    assert dict(row) == {"status": "queued", "attempts": 0}
