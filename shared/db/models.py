@@ -169,8 +169,9 @@ class IdempotencyKey(Base):
 
 
 class Job(Base):
-    """Durable job record and transactional outbox entry (``enqueued_at IS NULL``: not handed
-    to the queue yet)."""
+    """Durable job record and transactional outbox entry: the workers claim durable jobs from
+    this table (ix_jobs_due) and drain audit events from it (ix_jobs_audit_pending).
+    ``enqueued_at`` is only informative now: nothing waits on a hand-over to Redis."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -185,11 +186,6 @@ class Job(Base):
             "ix_jobs_audit_pending",
             "created_at",
             postgresql_where=text("kind = 'audit' AND status = 'queued'"),
-        ),
-        Index(
-            "ix_jobs_outbox",
-            "created_at",
-            postgresql_where=text("enqueued_at IS NULL AND status = 'queued'"),
         ),
         # The worker's claim: due durable jobs in (run_after, id) order (shared.jobs.service).
         Index(
@@ -222,9 +218,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker_id: Mapped[str | None] = mapped_column(Text)
-    # Bumped each time the job is handed to the queue anew (retry, reclaim after a lost
-    # lease, hand-back on shutdown): the queue's job id is "<id>:<generation>", so a new
-    # hand-over never collides with a stale copy the queue still holds.
+    # Counts the times the job went back to the queue (retry, reclaim after a lost lease,
+    # hand-back on shutdown): informative, for the logs and tests; nothing keys on it.
     generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
 

@@ -202,27 +202,26 @@ def _claimed(row: Any) -> ClaimedJob:
     )
 
 
+# ``SKIP LOCKED``: any number of workers claim at once, never the same job. Reads ix_jobs_due.
+CLAIM_DUE = f"""
+UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
+    started_at = coalesce(j.started_at, now()), worker_id = $1,
+    lease_until = now() + make_interval(secs => {LEASE_SECONDS})
+FROM (SELECT id FROM jobs
+      WHERE status = 'queued' AND kind <> 'audit' AND run_after <= now()
+        AND NOT cancel_requested
+      ORDER BY run_after, id
+      LIMIT $2
+      FOR UPDATE SKIP LOCKED) due
+WHERE j.id = due.id
+RETURNING {_CLAIMED}
+"""
+
+
 async def claim_due(conn: Connection, worker_id: str, limit: int) -> list[ClaimedJob]:
     """Take up to ``limit`` due jobs for this worker in one statement, each under a fresh
-    lease and counting an attempt, oldest due first. ``SKIP LOCKED``: any number of workers
-    claim at once, never the same job (ix_jobs_due)."""
-    rows = await conn.fetch(
-        f"""
-        UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
-            started_at = coalesce(j.started_at, now()), worker_id = $1,
-            lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-        FROM (SELECT id FROM jobs
-              WHERE status = 'queued' AND kind <> 'audit' AND run_after <= now()
-                AND NOT cancel_requested
-              ORDER BY run_after, id
-              LIMIT $2
-              FOR UPDATE SKIP LOCKED) due
-        WHERE j.id = due.id
-        RETURNING {_CLAIMED}
-        """,
-        worker_id,
-        limit,
-    )
+    lease and counting an attempt, oldest due first (``CLAIM_DUE``)."""
+    rows = await conn.fetch(CLAIM_DUE, worker_id, limit)
     return [_claimed(r) for r in rows]
 
 

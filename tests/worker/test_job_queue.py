@@ -134,3 +134,38 @@ async def test_a_new_job_notifies_at_commit_and_audit_events_do_not(db: Database
         assert await received_up_to_a_marker() == []
     finally:
         await listener.close()
+
+
+async def test_the_claim_uses_its_partial_index(db: Database) -> None:
+    """Under a realistic mix (many finished jobs, a backlog of audit events), the claim reads
+    ix_jobs_due, also as the generic plan that a prepared statement ends up with."""
+    async with db.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO jobs (kind, payload, max_attempts, status)
+            SELECT CASE WHEN g % 10 = 0 THEN 'webhook' ELSE 'audit' END, '{}', 5,
+                   CASE WHEN g % 5 = 0 THEN 'queued' ELSE 'complete' END
+            FROM generate_series(1, 20000) AS g
+            """
+        )
+        await conn.execute("ANALYZE jobs")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.execute(f"PREPARE claim_plan(text, int) AS {jobs.CLAIM_DUE}")
+            explained = await conn.fetch("EXPLAIN EXECUTE claim_plan('w:1', 50)")
+            await conn.execute("DEALLOCATE claim_plan")
+        plan = "\n".join(r[0] for r in explained)
+        indexes = {
+            r["indexname"]
+            for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")
+        }
+    assert "Index Scan using ix_jobs_due on jobs" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    # each one read by a query: the API's lists and queue stats, the audit drain, the claim
+    assert indexes == {
+        "pk_jobs",
+        "ix_jobs_created_at_id",
+        "ix_jobs_status_created_at_id",
+        "ix_jobs_audit_pending",
+        "ix_jobs_due",
+    }
