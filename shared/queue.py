@@ -82,6 +82,7 @@ class Queue:
         self.queue_name = queue_name
         self._down_until = 0.0
         self._kick_pending = False
+        self._last_kick = float("-inf")  # when the latest audit kick was (or will be) sent
         self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -119,12 +120,19 @@ class Queue:
     AUDIT_KICK_INTERVAL_SECONDS = 0.02
 
     def _schedule_audit_kick(self) -> None:
-        if self._kick_pending:
+        """A throttle, leading edge first: the first event after a quiet interval is kicked at
+        once; events within the interval after a kick share one trailing kick at its end. At
+        most one kick per interval, and every event has a kick sent after it."""
+        if self._kick_pending:  # a kick not sent yet covers this event too
             return
         self._kick_pending = True
+        now = time.monotonic()
+        delay = max(0.0, self._last_kick + self.AUDIT_KICK_INTERVAL_SECONDS - now)
+        self._last_kick = now + delay
 
         async def kick() -> None:
-            await asyncio.sleep(self.AUDIT_KICK_INTERVAL_SECONDS)
+            if delay:
+                await asyncio.sleep(delay)
             self._kick_pending = False
             try:
                 await self.kick_audit_drain()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 
 from shared.audit import service as audit
 from shared.db.database import Database
+from shared.db.unit_of_work import NewJob
 from shared.queue import Queue
 from tests.conftest import Env, count
 from tests.waiting import eventually
@@ -92,5 +95,47 @@ async def test_burst_worker_drains_and_reruns_are_no_ops(
         await queue.kick_audit_drain()  # coalesced: one drain job queued
         ready, _ = await queue.depth()
         assert ready == 1
+    finally:
+        await queue.close()
+
+
+class CountingQueue(Queue):
+    """The real queue, recording when each audit wake-up went to Redis."""
+
+    kicks: list[float]
+
+    async def kick_audit_drain(self) -> None:
+        await super().kick_audit_drain()
+        self.kicks.append(time.monotonic())
+
+
+async def test_audit_wake_ups_lead_then_trail_at_most_one_per_interval(env: Env) -> None:
+    queue = CountingQueue.from_url(env.redis_url, env.queue_name)
+    queue.kicks = []
+    interval = queue.AUDIT_KICK_INTERVAL_SECONDS = 0.5
+    event = [NewJob(id=uuid.uuid4(), kind="audit")]
+
+    async def kicked(n: int) -> bool:
+        return len(queue.kicks) == n and not queue._background  # and none scheduled
+
+    try:
+        # an isolated event: kicked at once, not after the interval
+        sent = time.monotonic()
+        await queue.dispatch(event)
+        await eventually(lambda: kicked(1), timeout=interval / 2, what="the leading kick")
+        assert queue.kicks[0] - sent < interval / 2
+
+        # a burst within the interval: one trailing kick, at its end
+        for _ in range(200):
+            await queue.dispatch(event)
+        await eventually(lambda: kicked(2), what="one trailing kick")
+        assert queue.kicks[1] - queue.kicks[0] >= interval * 0.95
+
+        # an event just after the trailing kick gets its own, an interval later
+        await queue.dispatch(event)
+        await eventually(lambda: kicked(3), what="a kick for the later event")
+        assert queue.kicks[2] - queue.kicks[1] >= interval * 0.95
+        ready, _ = await queue.depth()
+        assert ready == 1  # the wake-ups coalesce into one drain job
     finally:
         await queue.close()
