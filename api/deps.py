@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from api.problems import MEDIA_TYPE, domain_problem
 from shared import idempotency, metrics
+from shared.auth.keys import parse_token
 from shared.auth.service import Principal, authenticate
 from shared.db.connection import Connection
 from shared.db.database import Database
@@ -82,7 +83,8 @@ class RequireScope:
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
-        principal = await authenticate(state.db.pool, credentials.credentials)
+        async with state.db.acquire() as conn:
+            principal = await authenticate(conn, credentials.credentials)
         if principal is None:
             raise Unauthenticated("the API key is unknown or revoked")
         if not principal.allows(self.scope):
@@ -206,10 +208,10 @@ class MutationRoute(APIRoute):
     one connection, one transaction; its first statement authenticates the caller (401, 403
     — before the body is validated) and claims the Idempotency-Key (``idempotency.
     open_mutation``: a stored answer is replayed at once); the body is validated and the
-    endpoint runs (see ``_direct_endpoint``); its response is stored under the key; commit; then the outbox's jobs
-    are dispatched. With a key, a domain error is stored while the key's lock is still held:
-    the work runs in a savepoint that the error rolls back (unless ``atomic``). Other
-    endpoints of the router are served as usual."""
+    endpoint runs (see ``_direct_endpoint``); its response is stored under the key; commit;
+    then the outbox's jobs are dispatched. With a key, a domain error is stored while the
+    key's lock is still held: the work runs in a savepoint that the error rolls back (unless
+    ``atomic``). Other endpoints of the router are served as usual."""
 
     def _mutation_dependency(self) -> MutationDependency | None:
         found = [
@@ -290,6 +292,10 @@ async def _run_mutation(
 ) -> Response:
     state: AppState = request.app.state.stockroom
     headers = request.headers
+    token = _bearer_token(headers.get("authorization"))
+    material = parse_token(token) if token else None
+    if material is None:  # before taking a connection
+        raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
     key = headers.get("idempotency-key") if request.method == "POST" else None
     print_ = (
         idempotency.fingerprint(request.method, request.url.path, await request.body())
@@ -300,9 +306,7 @@ async def _run_mutation(
         transaction = conn.transaction()
         await transaction.start()
         try:
-            opened = await idempotency.open_mutation(
-                conn, _bearer_token(headers.get("authorization")), spec.scope, key, print_
-            )
+            opened = await idempotency.open_mutation(conn, material, spec.scope, key, print_)
         except BaseException:
             await transaction.rollback()
             raise

@@ -11,7 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from shared.auth.keys import hash_secret, parse_token
+from shared.auth.keys import KeyMaterial, hash_secret
 from shared.auth.service import Principal
 from shared.db.connection import Connection
 from shared.errors import (
@@ -92,15 +92,12 @@ class Opened:
 
 
 async def open_mutation(
-    conn: Connection, token: str | None, scope: str, key: str | None, print_: bytes
+    conn: Connection, material: KeyMaterial, scope: str, key: str | None, print_: bytes
 ) -> Opened:
     """Inside the mutation's transaction, in one statement: authenticate the caller (401),
     check ``scope`` (403), and claim ``key`` (400 for a bad key, 409 while another request
     holds it, 422 when it was used for a different request). ``replay`` is ``None`` when the
     work must run (the caller then calls ``store``)."""
-    material = parse_token(token) if token else None
-    if material is None:
-        raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
     valid_key = key if key is not None and 1 <= len(key) <= MAX_KEY_LENGTH else None
     secret_hash = hash_secret(material.secret)
     row = await conn.fetchrow(

@@ -62,7 +62,7 @@ def _stream(state: StateDep, stored: StoredFile) -> StreamingResponse:
         f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(stored.filename)}"
     )
     return StreamingResponse(
-        iter_chunks(state.db.pool, stored.report_id, stored.blob_id, stored.part),
+        iter_chunks(state.db, stored.report_id, stored.blob_id, stored.part),
         media_type=stored.content_type,
         headers={
             "Content-Length": str(stored.size),

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from shared.db.connection import Connection
+from shared.db.database import Database
 
 CHUNK_BYTES = 1 << 20
 PART_FILE = 0
@@ -199,13 +198,13 @@ async def purge_expired_reports(conn: Connection) -> int:
 
 
 async def iter_chunks(
-    pool: asyncpg.Pool, report_id: uuid.UUID, blob_id: uuid.UUID, part: int
+    db: Database, report_id: uuid.UUID, blob_id: uuid.UUID, part: int
 ) -> AsyncIterator[bytes]:
     """The file, chunk by chunk: one short query per chunk, so a slow client holds no
     connection between chunks."""
     seq = 0
     while True:
-        async with pool.acquire() as conn:
+        async with db.acquire() as conn:
             data: bytes | None = await conn.fetchval(
                 "SELECT data FROM report_chunks"
                 " WHERE report_id = $1 AND blob_id = $2 AND part = $3 AND seq = $4",
