@@ -87,19 +87,30 @@ async def list_jobs(
             raise InvalidCursor("cursor is not one this API issued") from None
     else:
         after = None
+    # Only the filters given, so that each combination is its own prepared statement: with
+    # "$1 IS NULL OR status = $1" the generic plan that a prepared statement settles on walks
+    # ix_jobs_created_at_id for every filter, and the dead-letter view (a few failed jobs among
+    # millions) became a scan of the table.
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        args.append(status.value)
+        where.append(f"status = ${len(args)}")
+    if kind is not None:
+        args.append(kind)
+        where.append(f"kind = ${len(args)}")
+    if after is not None:
+        args += after
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)}::uuid)")
+    args.append(limit + 1)
     rows = await conn.fetch(
         f"""
         SELECT {_COLUMNS} FROM jobs
-        WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-          AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+        {"WHERE " + " AND ".join(where) if where else ""}
         ORDER BY created_at DESC, id DESC
-        LIMIT $5
+        LIMIT ${len(args)}
         """,
-        status.value if status else None,
-        kind,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit + 1,
+        *args,
     )
     items = [_job(r) for r in rows[:limit]]
     next_cursor = None

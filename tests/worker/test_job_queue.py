@@ -13,7 +13,7 @@ import asyncpg
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs import service as jobs
-from shared.jobs.kinds import JobKind
+from shared.jobs.kinds import JobKind, JobStatus
 from shared.jobs.outbox import JOBS_CHANNEL, create_job
 from tests.conftest import Env
 
@@ -136,6 +136,17 @@ async def test_a_new_job_notifies_at_commit_and_audit_events_do_not(db: Database
         await listener.close()
 
 
+async def generic_plan(conn: Any, sql: str, arguments: str) -> str:
+    """EXPLAIN of ``sql`` as the generic plan that a prepared statement settles on after
+    five runs (the one that serves most executions)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE plan_under_test AS {sql}")
+        explained = await conn.fetch(f"EXPLAIN EXECUTE plan_under_test({arguments})")
+        await conn.execute("DEALLOCATE plan_under_test")
+    return "\n".join(r[0] for r in explained)
+
+
 async def test_the_claim_uses_its_partial_index(db: Database) -> None:
     """Under a realistic mix (many finished jobs, a backlog of audit events), the claim reads
     ix_jobs_due, also as the generic plan that a prepared statement ends up with."""
@@ -149,12 +160,7 @@ async def test_the_claim_uses_its_partial_index(db: Database) -> None:
             """
         )
         await conn.execute("ANALYZE jobs")
-        async with conn.transaction():
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE claim_plan(text, int) AS {jobs.CLAIM_DUE}")
-            explained = await conn.fetch("EXPLAIN EXECUTE claim_plan('w:1', 50)")
-            await conn.execute("DEALLOCATE claim_plan")
-        plan = "\n".join(r[0] for r in explained)
+        plan = await generic_plan(conn, jobs.CLAIM_DUE, "'w:1', 50")
         indexes = {
             r["indexname"]
             for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")
@@ -169,3 +175,55 @@ async def test_the_claim_uses_its_partial_index(db: Database) -> None:
         "ix_jobs_audit_pending",
         "ix_jobs_due",
     }
+
+
+async def test_the_dead_letter_view_reads_the_status_index_as_a_generic_plan(
+    db: Database,
+) -> None:
+    """``GET /jobs?status=failed`` among many finished jobs: the statement that list_jobs
+    sends reads ix_jobs_status_created_at_id also as the generic plan a prepared statement
+    settles on after five runs (not a walk of every job in created_at order)."""
+
+    class Recording:
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.sql = conn, ""
+
+        async def fetch(self, sql: str, *args: Any) -> Any:
+            self.sql = sql
+            return await self.conn.fetch(sql, *args)
+
+    async with db.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO jobs (kind, payload, max_attempts, status)
+            SELECT 'audit', '{}', 5, CASE WHEN g % 5000 = 0 THEN 'failed' ELSE 'complete' END
+            FROM generate_series(1, 20000) AS g
+            """
+        )
+        await conn.execute("ANALYZE jobs")
+        recording = Recording(conn)
+        page = await jobs.list_jobs(
+            recording,  # type: ignore[arg-type]
+            status=JobStatus.failed,
+            kind=None,
+            limit=20,
+            cursor=None,
+        )
+        assert len(page.items) == 4
+        plan = await generic_plan(conn, recording.sql, "'failed', 21")
+    assert "ix_jobs_status_created_at_id" in plan, plan
+
+    # and the keyset pages, filtered or not, add up to the same jobs, newest first
+    async with db.acquire() as conn:
+        for status, kind, expected in ((JobStatus.failed, None, 4), (None, "audit", 20000)):
+            seen: list[Any] = []
+            cursor = None
+            while True:
+                page = await jobs.list_jobs(
+                    conn, status=status, kind=kind, limit=1 if status else 100, cursor=cursor
+                )
+                seen += [(j.created_at, j.id) for j in page.items]
+                if (cursor := page.next_cursor) is None:
+                    break
+            assert len(set(seen)) == len(seen) == expected
+            assert seen == sorted(seen, reverse=True)
