@@ -13,17 +13,17 @@ from fastapi import Depends, Request, params
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from api.problems import MEDIA_TYPE, domain_problem
 from shared import idempotency, metrics
-from shared.auth.keys import parse_token
+from shared.auth.keys import KeyMaterial, parse_token
 from shared.auth.service import Principal, authenticate
 from shared.db.connection import Connection
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
-from shared.errors import DomainError, Forbidden, IdempotencyKeyInFlight, Unauthenticated
-from shared.jobs.outbox import mark_enqueued
+from shared.errors import DomainError, Forbidden, Unauthenticated
 from shared.queue import Queue
 from shared.settings import Settings
 
@@ -78,13 +78,15 @@ class RequireScope:
     async def __call__(
         self,
         request: Request,
-        state: StateDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        conn: ConnDep,
     ) -> Principal:
+        # ``conn`` is the request's own connection (FastAPI caches ConnDep per request): a
+        # second checkout while holding the first deadlocks once every connection is held by
+        # a request waiting for its second.
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
-        async with state.db.acquire() as conn:
-            principal = await authenticate(conn, credentials.credentials)
+        principal = await authenticate(conn, credentials.credentials)
         if principal is None:
             raise Unauthenticated("the API key is unknown or revoked")
         if not principal.allows(self.scope):
@@ -186,10 +188,10 @@ def _bearer_token(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _mutation_openapi(scope: str) -> dict[str, Any]:
-    return {
-        "security": [{"HTTPBearer": [scope]}],
-        "parameters": [
+def _mutation_openapi(scope: str, methods: set[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {"security": [{"HTTPBearer": [scope]}]}
+    if "POST" in methods:  # the only method that takes a key (SPEC)
+        extra["parameters"] = [
             {
                 "name": "Idempotency-Key",
                 "in": "header",
@@ -197,8 +199,8 @@ def _mutation_openapi(scope: str) -> dict[str, Any]:
                 "description": "Makes a retried POST safe: 1-255 characters, kept 24 h.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255},
             }
-        ],
-    }
+        ]
+    return extra
 
 
 class MutationRoute(APIRoute):
@@ -224,7 +226,10 @@ class MutationRoute(APIRoute):
         spec = self._mutation_dependency()
         if spec is None:
             return inner
-        self.openapi_extra = {**(self.openapi_extra or {}), **_mutation_openapi(spec.scope)}
+        self.openapi_extra = {
+            **(self.openapi_extra or {}),
+            **_mutation_openapi(spec.scope, self.methods or set()),
+        }
         endpoint = self._direct_endpoint(inner)
 
         async def handle(request: Request) -> Response:
@@ -264,7 +269,7 @@ class MutationRoute(APIRoute):
             if raw and _is_json(content_type):
                 try:
                     value, errors = field.validate(json.loads(raw), {}, loc=("body",))
-                except ValueError:  # invalid JSON: FastAPI's answer
+                except Exception:  # invalid JSON, nesting too deep...: FastAPI's answer
                     return await inner(request)
                 if not errors:
                     response = await call(
@@ -296,12 +301,36 @@ async def _run_mutation(
     material = parse_token(token) if token else None
     if material is None:  # before taking a connection
         raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+    # The whole body before a connection is taken: a client trickling its upload must not
+    # hold a pooled connection in an open transaction (Starlette keeps it for the endpoint).
+    try:
+        raw = await request.body()
+    except HTTPException:
+        raise
+    except Exception as exc:  # the client went away mid-body, as FastAPI answers it
+        raise HTTPException(400, "There was an error parsing the body") from exc
     key = headers.get("idempotency-key") if request.method == "POST" else None
-    print_ = (
-        idempotency.fingerprint(request.method, request.url.path, await request.body())
-        if key is not None
-        else b""
-    )
+    print_ = idempotency.fingerprint(request.method, request.url.path, raw) if key else b""
+    try:
+        response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
+    except idempotency.KeyStoredMeanwhile:
+        # Another request with this key committed after our lookup's snapshot was taken but
+        # before we took the key's lock: our work was rolled back. Its answer is visible now.
+        response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
+    if uow is not None and uow.new_jobs:
+        await _dispatch(state, uow)
+    return response
+
+
+async def _unit_of_work(
+    request: Request,
+    state: AppState,
+    spec: MutationDependency,
+    endpoint: Callable[[Request], Coroutine[Any, Any, Response]],
+    material: KeyMaterial,
+    key: str | None,
+    print_: bytes,
+) -> tuple[Response, UnitOfWork | None]:
     async with state.db.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
@@ -314,7 +343,7 @@ async def _run_mutation(
         request.state.principal = principal
         if opened.replay is not None:
             await transaction.rollback()
-            return replay_response(opened.replay)
+            return replay_response(opened.replay), None
         uow = UnitOfWork(
             conn,
             Actor(
@@ -333,7 +362,7 @@ async def _run_mutation(
             response = await endpoint(request)
             if work is not None:
                 await work.commit()
-        except IdempotencyKeyInFlight:  # from ``store``: the key's holder won
+        except idempotency.KeyStoredMeanwhile:
             await transaction.rollback()
             raise
         except DomainError as exc:
@@ -354,18 +383,10 @@ async def _run_mutation(
             await transaction.rollback()
             raise
         await transaction.commit()
-    if uow.new_jobs:
-        await _dispatch(state, uow)
-    return response
+    return response, uow
 
 
 async def _dispatch(state: AppState, uow: UnitOfWork) -> None:
     for job in uow.new_jobs:
         metrics.JOBS_ENQUEUED.labels(job.kind).inc()
-    handed = await state.queue.dispatch(uow.new_jobs)
-    if handed:
-        try:
-            async with state.db.acquire() as conn:
-                await mark_enqueued(conn, handed)
-        except Exception as exc:  # the relay re-sends; ARQ drops duplicates by id
-            log.warning("could not mark jobs enqueued: %s", exc)
+    await state.queue.dispatch(uow.new_jobs)

@@ -25,7 +25,9 @@ access_log = logging.getLogger("stockroom.access")
 async def prometheus(state: StateDep) -> Response:
     """Prometheus text format. Queue gauges are read from the job records at scrape time."""
     try:
-        async with state.db.acquire(timeout=2) as conn:
+        # straight from the pool, like the readiness probe: a scrape must not queue behind
+        # every request in flight
+        async with state.db.pool.acquire(timeout=2) as conn:
             stats = await jobs.queue_stats(conn)
         metrics.QUEUE_DEPTH.labels("queued").set(stats.queued)
         metrics.QUEUE_DEPTH.labels("in_progress").set(stats.in_progress)

@@ -55,7 +55,6 @@ sys.path.insert(0, str(ROOT))
 
 from shared.db.database import Database  # noqa: E402
 from shared.db.unit_of_work import Actor, UnitOfWork  # noqa: E402
-from shared.jobs.outbox import mark_enqueued  # noqa: E402
 from shared.queue import Queue  # noqa: E402
 from shared.reports import queries  # noqa: E402
 from shared.reports import service as reports  # noqa: E402
@@ -291,10 +290,7 @@ class Bench:
         async with db.transaction() as conn:
             uow = UnitOfWork(conn, Actor.system("bench-reports"), job_max_tries=1)
             job = await reports.request_report(uow, request)
-        handed = await queue.dispatch(uow.new_jobs)
-        if handed:
-            async with db.pool.acquire() as conn:
-                await mark_enqueued(conn, handed)
+        await queue.dispatch(uow.new_jobs)
         self.job_ids.append(job.id)
         return job.id
 

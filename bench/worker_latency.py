@@ -13,7 +13,7 @@ process each, in the same run:
    transaction's ``now()``).
 2. durable job (ours): a job of the bench-only kind ``bench`` written by ``create_job`` in a
    transaction (the row and its ``NOTIFY``, delivered at commit), then ``Queue.dispatch`` +
-   ``mark_enqueued`` as the API does. Worker: ``bench/worker_proc.py ours`` (=
+   as the API does. Worker: ``bench/worker_proc.py ours`` (=
    ``worker.main.run`` + a no-op handler for ``bench``), woken by the notification. Start =
    ``jobs.started_at`` (the claim's ``now()``, i.e. the job holds its lease).
 3. raw ARQ, ``poll_delay`` as ours (0.01 s), a trivial function that records ``time.time()``
@@ -60,7 +60,7 @@ from shared.audit.events import record_event
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job, mark_enqueued
+from shared.jobs.outbox import create_job
 from shared.queue import Queue
 
 TARGET_MEDIAN_MS = 20.0
@@ -155,10 +155,7 @@ async def ours_durable_job(stack: Stack, n: int, pid: int) -> Series:
                 uow = UnitOfWork(conn, Actor.system(f"bench-{i}"))
                 job_id = await create_job(uow, kind, {"i": i}, 5)
             t0 = time.time()
-            handed = await queue.dispatch(uow.new_jobs)  # as the API does after the commit
-            if handed:
-                async with db.pool.acquire() as conn:
-                    await mark_enqueued(conn, handed)
+            await queue.dispatch(uow.new_jobs)  # as the API does after the commit
             row = await wait_finished(db, job_id)
             pickup.append(1000 * (row["started"] - t0))
             done.append(1000 * (row["finished"] - t0))

@@ -12,7 +12,7 @@ N / that time.
   does nothing, ``keep_result=0``, ARQ's per-job logs off, ``max_jobs`` 50 and ``poll_delay``
   0.01 s like ours: "tuned raw ARQ".
 - ours: jobs written as the API writes them — ``shared.jobs.outbox.create_job`` in one
-  transaction (the row and its ``NOTIFY``), then ``Queue.dispatch`` and ``mark_enqueued``
+  transaction (the row and its ``NOTIFY``), then ``Queue.dispatch``
   after the commit; the clock starts just before the COMMIT. The worker is ``worker.main.run``
   as ``stockroom worker`` runs it (``bench/worker_proc.py ours``, ``WORKER_CONCURRENCY`` 50)
   with a no-op handler for the bench-only kind ``bench``: batch claim under a lease, handler,
@@ -67,7 +67,7 @@ from bench.worker_common import (
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job, mark_enqueued
+from shared.jobs.outbox import create_job
 from shared.queue import Queue
 
 TARGET_VS_RAW = 1.0
@@ -184,9 +184,7 @@ async def measure(stack: Stack, config: Config, tag: str, n: int, max_seconds: f
             if ours:
                 started = time.time()
                 await transaction.commit()
-                handed = await queue.dispatch(uow.new_jobs)
-                if handed:
-                    await mark_enqueued(conn, handed)
+                await queue.dispatch(uow.new_jobs)
             else:
                 started = await fill(client, config.queue, jobs)
             left = n

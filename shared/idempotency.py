@@ -48,7 +48,7 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
         canonical = json.dumps(
             json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode()
-    except (ValueError, UnicodeDecodeError):
+    except Exception:  # not JSON, or nested too deep to canonicalise: byte for byte
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode(), canonical):
@@ -68,8 +68,8 @@ def lock_id(key_prefix: str, key: str) -> int:
 # One round trip opens a mutation: the caller's key row, and under an Idempotency-Key its lock
 # and stored response. The lock is taken only for a matching secret (the caller still checks
 # it in constant time). The lookup's snapshot predates the lock, so a holder committing in
-# between goes unseen: the work then runs, and ``store`` meets the holder's row and answers
-# 409 (the transaction rolls back; a retry replays).
+# between goes unseen: the work then runs, ``store`` meets the holder's row and raises
+# ``KeyStoredMeanwhile``, and the caller rolls back and opens again, which replays it.
 _OPEN_SQL = f"""
 SELECT k.id, k.name, k.secret_hash, k.scopes,
        CASE WHEN $2::text IS NOT NULL AND k.secret_hash = $4::bytea
@@ -81,6 +81,11 @@ LEFT JOIN idempotency_keys s
       AND s.created_at > now() - interval '{RETENTION}'
 WHERE k.prefix = $1 AND k.revoked_at IS NULL
 """
+
+
+class KeyStoredMeanwhile(IdempotencyKeyInFlight):
+    """``store`` met a record committed after the lookup (see ``_OPEN_SQL``): roll back and
+    open the mutation again, which then replays that record (or answers 422)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +160,7 @@ async def store(
         response.body,
     )
     if stored is None:  # the rare race ``open_mutation`` describes
-        raise IdempotencyKeyInFlight("a request with this Idempotency-Key completed concurrently")
+        raise KeyStoredMeanwhile("a request with this Idempotency-Key completed concurrently")
 
 
 async def purge_expired(conn: Connection, batch: int = 5000) -> int:

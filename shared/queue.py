@@ -105,14 +105,13 @@ class Queue:
         except Exception:
             return False
 
-    async def dispatch(self, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
-        """Wake the workers for jobs that have just committed. Returns the ids of the jobs
-        handed over to Redis for the caller to mark enqueued: none any more — audit events
-        are drained from the outbox, and every other job woke the workers by ``NOTIFY`` at
-        commit. Never raises: an audit wake-up that fails is sent again by the relay."""
+    async def dispatch(self, jobs: Sequence[NewJob]) -> None:
+        """Wake the workers for jobs that have just committed: audit events are drained from
+        the outbox by a coalesced ARQ job (kicked here, throttled); every other job woke the
+        workers by ``NOTIFY`` at commit. Never raises: an audit wake-up that fails is sent
+        again by the relay."""
         if time.monotonic() >= self._down_until and any(j.kind == JobKind.audit for j in jobs):
             self._schedule_audit_kick()
-        return []
 
     # Under load every request writes an audit event; one wake-up per this interval per
     # process is enough (a drain takes everything pending, and a follow-up drain closes the

@@ -52,14 +52,16 @@ class _Checkout:
         self._conn: Connection | None = None
 
     async def __aenter__(self) -> Connection:
-        slots = self._db.slots
         if self._timeout is None:
-            await slots.acquire()
-        else:
-            async with asyncio.timeout(self._timeout):
-                await slots.acquire()
+            return await self._enter()
+        async with asyncio.timeout(self._timeout):  # one deadline for both waits
+            return await self._enter()
+
+    async def _enter(self) -> Connection:
+        slots = self._db.slots
+        await slots.acquire()
         try:
-            self._conn = await self._db.pool.acquire(timeout=self._timeout)
+            self._conn = await self._db.pool.acquire()
         except BaseException:
             slots.release()
             raise
@@ -111,8 +113,10 @@ class Database:
             yield conn
 
     async def ping(self) -> bool:
+        """Straight from the pool, not in the queue of ``acquire``: a readiness probe must not
+        wait behind every request in flight (and flip to 503 because the API is busy)."""
         try:
-            async with self.acquire(timeout=2) as conn:
+            async with self.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
         except Exception:
             return False

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from shared.db.connection import Connection
 from shared.db.unit_of_work import NewJob, UnitOfWork
 from shared.jobs.kinds import JobKind
 
@@ -53,7 +52,3 @@ async def create_job(
     )
     uow.new_jobs.append(NewJob(id=job_id, kind=kind.value))
     return job_id
-
-
-async def mark_enqueued(conn: Connection, job_ids: list[uuid.UUID]) -> None:
-    await conn.execute("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1::uuid[])", job_ids)

@@ -93,8 +93,8 @@ async def test_a_key_stored_while_the_request_ran_wins_and_the_work_is_undone(
 ) -> None:
     """The key's lock and its lookup are one statement, whose snapshot predates the lock: a
     holder that commits between the two goes unseen, so the request does its work; storing
-    the key then meets the holder's record, and the request must answer 409 and keep nothing
-    (the retry replays the holder's answer)."""
+    the key then meets the holder's record, and the request must keep nothing and answer as
+    a replay of the holder's answer (SPEC: same key, same body → the first response)."""
     await make_product(client, admin, "BIN-2")
     await restock(client, admin, "BIN-2", 1)
     line = {"sku": "BIN-2", "quantity": 7}
@@ -136,8 +136,8 @@ async def test_a_key_stored_while_the_request_ran_wins_and_the_work_is_undone(
         await hold.commit()
         response = await request
 
-    assert response.status_code == 409, response.text
-    assert response.json()["type"].endswith("/idempotency-key-in-flight")
+    assert (response.status_code, response.headers.get("idempotent-replayed")) == (201, "true")
+    assert response.json() == {"answered": "by the holder"}
     async with db.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM movements") == movements_before
     await assert_ledger_consistent(db)
