@@ -3,6 +3,7 @@ identity and counters."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import httpx
 
 from shared.db.database import Database
 from shared.queue import Queue
+from shared.reports.generate import CONNECTIONS_PER_REPORT
 from shared.settings import Settings
 
 
@@ -27,6 +29,15 @@ class WorkerContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
+    # Reports at once in this process: each holds up to CONNECTIONS_PER_REPORT pooled
+    # connections, taken one after another; more reports than the pool can serve would each
+    # hold some and wait for the rest, for ever.
+    report_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report_slots = asyncio.Semaphore(
+            max(1, self.settings.db_pool_size // CONNECTIONS_PER_REPORT)
+        )
 
     @property
     def worker_id(self) -> str:

@@ -8,6 +8,7 @@ from shared.alerts import webhooks
 from shared.jobs.kinds import JobKind
 from shared.jobs.retry import PermanentJobError
 from shared.reports.generate import ReportSettings, generate_report
+from shared.settings import Settings
 from worker.jobs import Handler, JobRun
 
 
@@ -15,21 +16,25 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
     settings = run.state.settings
     if not settings.webhook_url or not settings.webhook_secret:
         raise PermanentJobError("STOCKROOM_WEBHOOK_URL is not set on this worker")
-    async with run.state.db.acquire() as conn:
-        return await webhooks.deliver(
-            conn,
-            run.state.http,
-            job_id=run.job.id,
-            attempt=run.job.attempt,
-            url=settings.webhook_url,
-            secret=settings.webhook_secret,
-            event_type=run.job.payload["type"],
-            data=run.job.payload["data"],
-        )
+    return await webhooks.deliver(
+        run.state.db,
+        run.state.http,
+        job_id=run.job.id,
+        attempt=run.job.attempt,
+        url=settings.webhook_url,
+        secret=settings.webhook_secret,
+        event_type=run.job.payload["type"],
+        data=run.job.payload["data"],
+    )
 
 
 async def make_report(run: JobRun) -> dict[str, Any]:
     settings = run.state.settings
+    async with run.state.report_slots:
+        return await _generate(run, settings)
+
+
+async def _generate(run: JobRun, settings: Settings) -> dict[str, Any]:
     return await generate_report(
         run.state.db.pool,
         run.job.id,

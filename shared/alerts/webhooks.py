@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from shared.db.connection import Connection
+from shared.db.database import Database
 from shared.jobs.retry import PermanentJobError, TransientJobError
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -40,7 +40,7 @@ def encode_body(event_type: str, data: dict[str, Any]) -> bytes:
 
 
 async def deliver(
-    conn: Connection,
+    db: Database,
     client: httpx.AsyncClient,
     *,
     job_id: uuid.UUID,
@@ -51,7 +51,9 @@ async def deliver(
     data: dict[str, Any],
 ) -> dict[str, Any]:
     """POST the event once; records the attempt. Network errors, 5xx, 408 and 429 raise
-    ``TransientJobError``; any other non-2xx raises ``PermanentJobError``."""
+    ``TransientJobError``; any other non-2xx raises ``PermanentJobError``. A connection is
+    taken only to record the attempt, never across the HTTP call (a slow receiver would hold
+    pooled connections for its whole timeout)."""
     body = encode_body(event_type, data)
     timestamp = int(time.time())
     message_id = f"msg_{job_id.hex}"
@@ -71,16 +73,18 @@ async def deliver(
     except httpx.TransportError as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     finally:
-        await conn.execute(
-            "INSERT INTO webhook_deliveries (job_id, attempt, url, status_code, error, duration_ms)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            job_id,
-            attempt,
-            url,
-            status,
-            error,
-            int((time.monotonic() - started) * 1000),
-        )
+        async with db.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO webhook_deliveries"
+                " (job_id, attempt, url, status_code, error, duration_ms)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                job_id,
+                attempt,
+                url,
+                status,
+                error,
+                int((time.monotonic() - started) * 1000),
+            )
     if status is None:
         raise TransientJobError(f"delivery to {url} failed: {error}")
     if 200 <= status < 300:

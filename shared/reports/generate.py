@@ -52,6 +52,10 @@ from shared.reports.schemas import (
 
 log = logging.getLogger("stockroom.reports")
 
+# Pooled connections one report holds at most: the writer's, the COPY reader's, the summary's,
+# and a short one for progress. The worker runs no more reports at once than its pool serves.
+CONNECTIONS_PER_REPORT = 4
+
 
 class Progress(Protocol):
     """Records the job's progress (rate-limited unless ``force``: a phase's end is forced)."""

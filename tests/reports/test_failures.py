@@ -194,3 +194,22 @@ async def test_a_report_over_the_size_cap_fails_at_once_and_stores_nothing(
     assert (
         await count(db, "SELECT count(*) FROM report_chunks WHERE report_id = $1", report_id) == 0
     )
+
+
+async def test_more_reports_than_the_pool_can_serve_all_complete(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    seeded: dict[str, Any],
+    start_worker: WorkerFactory,
+) -> None:
+    """A report holds several pooled connections, taken one after another: a worker running
+    more reports than its pool serves had each hold some and wait for the rest, for ever.
+    It runs as many at once as the pool serves, the rest after."""
+    start_worker(STOCKROOM_DB_POOL_SIZE="4", STOCKROOM_WORKER_CONCURRENCY="10")
+    ids = [
+        await request_report(client, admin, {"kind": "valuation", "format": "csv"})
+        for _ in range(4)
+    ]
+    for report_id in ids:
+        done = await wait_finished(client, admin, report_id, timeout=120)
+        assert done["status"] == "complete", done

@@ -71,7 +71,12 @@ def serve() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # a receiver takes many deliveries at once (a worker sends up to its concurrency);
+        # socketserver's backlog of 5 drops connections beyond it
+        request_queue_size = 256
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver = Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hooks")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
