@@ -183,6 +183,13 @@ class Job(Base):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
         Index(
+            "ix_jobs_kind_created_at_id",
+            "kind",
+            "created_at",
+            "id",
+            postgresql_where=text("kind <> 'audit'"),
+        ),
+        Index(
             "ix_jobs_audit_pending",
             "created_at",
             postgresql_where=text("kind = 'audit' AND status = 'queued'"),

@@ -172,6 +172,7 @@ async def test_the_claim_uses_its_partial_index(db: Database) -> None:
         "pk_jobs",
         "ix_jobs_created_at_id",
         "ix_jobs_status_created_at_id",
+        "ix_jobs_kind_created_at_id",
         "ix_jobs_audit_pending",
         "ix_jobs_due",
     }
@@ -227,3 +228,37 @@ async def test_the_dead_letter_view_reads_the_status_index_as_a_generic_plan(
                     break
             assert len(set(seen)) == len(seen) == expected
             assert seen == sorted(seen, reverse=True)
+
+
+async def test_a_list_of_one_kind_reads_the_kind_index_as_a_generic_plan(db: Database) -> None:
+    """``GET /jobs?kind=webhook``: a few webhook jobs among many audit jobs are found through
+    ix_jobs_kind_created_at_id (audit jobs stay out of it), also as a generic plan."""
+
+    class Recording:
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.sql = conn, ""
+
+        async def fetch(self, sql: str, *args: Any) -> Any:
+            self.sql = sql
+            return await self.conn.fetch(sql, *args)
+
+    async with db.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO jobs (kind, payload, max_attempts, status)
+            SELECT CASE WHEN g % 5000 = 0 THEN 'webhook' ELSE 'audit' END, '{}', 5, 'complete'
+            FROM generate_series(1, 20000) AS g
+            """
+        )
+        await conn.execute("ANALYZE jobs")
+        recording = Recording(conn)
+        page = await jobs.list_jobs(
+            recording,  # type: ignore[arg-type]
+            status=None,
+            kind="webhook",
+            limit=20,
+            cursor=None,
+        )
+        assert len(page.items) == 4
+        plan = await generic_plan(conn, recording.sql, "'webhook', 21")
+    assert "ix_jobs_kind_created_at_id" in plan, plan
