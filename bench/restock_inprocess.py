@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """The API's own cost per restock, without HTTP parsing or a load generator: drives the ASGI
-app in-process (the same app ``stockroom api`` serves, middlewares included) with
-``--concurrency`` tasks, each posting restocks with an Idempotency-Key, and prints the API
-process's CPU per request (``time.process_time``) and the database round trips per request
-(``pg_stat_statements`` is not needed: asyncpg's protocol counts are read off the pool's
-connections' ``execute`` calls).
+app in-process (the same app ``stockroom api`` serves, middlewares included, on uvloop) with
+``--concurrency`` tasks, each posting restocks with its own Idempotency-Key, for ``--rounds``
+rounds, and prints the API process's CPU per request (``time.process_time``; min and median
+of the rounds), the request rate, and the full garbage collections during the rounds.
 
-A tool for A/B work on the hot path (``--profile out.prof`` writes a cProfile of the measured
-run); ``bench/restock.sh`` gives the figures the inventory issue asks for.
+A tool for A/B work on the hot path (``--profile out.prof`` writes a CPU-time cProfile of the
+measured rounds; ``--gc-threshold 1`` freezes the start-up heap as the API's lifespan does);
+``bench/restock.sh`` gives the figures the inventory issue asks for. It creates and drops a
+database of its own and deletes its Redis keys.
 
-    .venv/bin/python bench/restock_inprocess.py [--requests 4000] [--concurrency 64]
+    .venv/bin/python bench/restock_inprocess.py [--requests 2560] [--rounds 5] [--concurrency 64]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -172,6 +174,12 @@ async def main(argv: list[str]) -> int:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        redis = Redis.from_url(redis_url)
+        try:  # the run's queue and the audit wake-ups it sent
+            async for redis_key in redis.scan_iter(match=f"*{name}*", count=1000):
+                await redis.delete(redis_key)
+        finally:
+            await redis.aclose()
 
 
 if __name__ == "__main__":
