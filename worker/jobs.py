@@ -304,7 +304,13 @@ class JobDrain:
         error = describe(exc)
         if is_transient(exc) and job.attempt < job.max_attempts:
             delay = jobs.backoff_seconds(job.attempt)
-            await self._write(jobs.schedule_retry, job.id, state.worker_id, error, delay)
+            requeued = await self._write(jobs.schedule_retry, job.id, state.worker_id, error, delay)
+            if requeued is False:  # cancelled meanwhile, or the job is no longer this worker's
+                log.info(
+                    "job attempt failed; not requeued",
+                    extra={"job_id": str(job.id), "attempt": job.attempt, "error": error},
+                )
+                return
             metrics.JOBS_RETRIED.labels(job.kind).inc()
             log.warning(
                 "job attempt failed; retrying",
@@ -327,14 +333,16 @@ class JobDrain:
             "job failed", extra={"job_id": str(job.id), "attempt": job.attempt, "error": error}
         )
 
-    async def _write(self, statement: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """One outcome write; if the database is away, the lease lapses and the reaper
-        returns the job."""
+    async def _write(self, statement: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """One outcome write, returning what the statement returns (``None`` when it could
+        not be written: the database is away, the lease lapses and the reaper returns the
+        job)."""
         try:
             async with self._state.db.acquire() as conn:
-                await statement(conn, *args)
+                return await statement(conn, *args)
         except Exception as exc:
             log.warning("could not record a job's outcome: %s", exc)
+            return None
 
     async def _hand_back(self, job_ids: list[uuid.UUID]) -> None:
         try:
