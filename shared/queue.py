@@ -215,14 +215,18 @@ _REDIS_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class WorkerRunner:
-    """An ARQ worker built from our task table; ``run()`` blocks and handles SIGINT/SIGTERM.
+    """An ARQ worker built from our task table, inside a process whose own resources do not
+    depend on Redis; ``run()`` blocks and handles SIGINT/SIGTERM.
 
-    ``on_startup`` runs each time an ARQ worker starts, ``on_shutdown`` once, when the process
-    stops (signal, end of a burst). ARQ's worker exits when Redis goes away mid-poll; ours
-    starts a new one after a pause, keeping the event loop running and the process's other
-    work (the PostgreSQL job drain, its leases) undisturbed, so a Redis outage needs no
-    process supervisor to recover from. ``on_stop_requested`` is called at SIGINT/SIGTERM,
-    before ARQ's own handling: the process stops taking work at once."""
+    ``on_process_start`` runs once, before the first ARQ worker starts, and
+    ``on_process_stop`` once, after the last one has stopped (signal, end of a burst, an
+    error): what they open (the database pool, the PostgreSQL job drain) works whether or not
+    Redis is reachable. ``on_startup`` runs each time an ARQ worker has connected to Redis.
+    ARQ's worker exits when it cannot reach Redis, at start or mid-poll; ours starts a new one
+    after a pause, keeping the event loop and the process's other work (the job drain, its
+    leases) undisturbed, so a Redis outage needs no process supervisor to recover from.
+    ``on_stop_requested`` is called at SIGINT/SIGTERM, before ARQ's own handling: the process
+    stops taking work at once."""
 
     RESTART_DELAY_SECONDS = 1.0
 
@@ -236,17 +240,19 @@ class WorkerRunner:
         max_jobs: int,
         poll_delay: float,
         on_startup: Callable[[dict[str, Any]], Awaitable[None]],
-        on_shutdown: Callable[[dict[str, Any]], Awaitable[None]],
+        on_process_start: Callable[[], Awaitable[None]] | None = None,
+        on_process_stop: Callable[[], Awaitable[None]] | None = None,
         on_stop_requested: Callable[[], None] | None = None,
         burst: bool = False,
         handle_signals: bool = True,
         shutdown_grace_seconds: int = 20,
     ) -> None:
-        self._on_shutdown = on_shutdown
+        self._on_process_start = on_process_start
+        self._on_process_stop = on_process_stop
         self._on_stop_requested = on_stop_requested
         self._handle_signals = handle_signals
         self._stopping = False
-        self._shut_down = False
+        self._stop_requested: asyncio.Event | None = None
         functions = [
             func(
                 cast(Any, t.coroutine),
@@ -281,7 +287,6 @@ class WorkerRunner:
             "keep_result": 0,
             "max_tries": 1000,
             "on_startup": cast(Any, on_startup),
-            "on_shutdown": cast(Any, self._arq_shutdown),
             "burst": burst,
             "handle_signals": handle_signals,
             "allow_abort_jobs": False,
@@ -290,59 +295,97 @@ class WorkerRunner:
             # them (ARQ's tasks are short: audit drains and cron ticks).
             "job_completion_wait": shutdown_grace_seconds,
         }
-        self.worker = self._new_worker()
+        self.worker: Worker | None = None  # the current ARQ worker
 
-    def _new_worker(self) -> Worker:
-        worker = Worker(**self._options)
-        if self._handle_signals:
+    # --- signals -----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        """Ours, on the running loop: installed before anything starts, and again after each
+        ARQ worker is made (ARQ's constructor installs its own)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if not self._stopping:
+            self._stopping = True
+            if self._stop_requested is not None:
+                self._stop_requested.set()
+            if self._on_stop_requested is not None:
+                self._on_stop_requested()
+        worker = self.worker
+        if worker is not None:  # ARQ's own handling: finish its tasks, then stop its loop
             arq_handler = (
                 worker.handle_sig_wait_for_completion
                 if self._options["job_completion_wait"]
                 else worker.handle_sig
             )
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                worker.loop.add_signal_handler(signum, self._on_signal, arq_handler, signum)
-        return worker
+            arq_handler(signal.Signals(signum))
 
-    def _on_signal(self, arq_handler: Callable[[signal.Signals], None], signum: int) -> None:
-        if not self._stopping:
-            self._stopping = True
-            if self._on_stop_requested is not None:
-                self._on_stop_requested()
-        arq_handler(signal.Signals(signum))
-
-    def _lost_redis(self) -> bool:
-        task = self.worker.main_task
-        if task is None or not task.done() or task.cancelled():
-            return False
-        return isinstance(task.exception(), _REDIS_LOST)
-
-    async def _arq_shutdown(self, ctx: dict[str, Any]) -> None:
-        """ARQ's shutdown hook: the process's shutdown, unless this ARQ worker is only being
-        replaced after losing Redis."""
-        if self._stopping or not self._lost_redis():
-            await self._shutdown(ctx)
-
-    async def _shutdown(self, ctx: dict[str, Any]) -> None:
-        if not self._shut_down:
-            self._shut_down = True
-            await self._on_shutdown(ctx)
+    # --- running -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        while True:
-            try:
-                self.worker.run()
-                return
-            except _REDIS_LOST as exc:
-                if self._stopping:  # Redis went away while we were stopping anyway
-                    self.worker.loop.run_until_complete(self._shutdown(self.worker.ctx))
-                    return
-                log.error("worker lost Redis (%s); starting again", exc)
-                self.worker.loop.run_until_complete(asyncio.sleep(self.RESTART_DELAY_SECONDS))
-                self.worker = self._new_worker()
+        asyncio.run(self.run_async())
 
     async def run_async(self) -> None:
-        await self.worker.async_run()
+        """The process's resources, then ARQ workers (a new one after each loss of Redis)
+        until a signal or the end of a burst, then the process's shutdown."""
+        self._stop_requested = asyncio.Event()
+        if self._handle_signals:
+            self._install_signal_handlers()
+        try:
+            if self._on_process_start is not None:
+                await self._on_process_start()
+            if self._stopping and self._on_stop_requested is not None:
+                self._on_stop_requested()  # the signal came while the process was starting
+            while not self._stopping:
+                lost = await self._run_arq_worker()
+                if lost is None or self._stopping:
+                    break
+                log.error("worker lost Redis (%s); starting again", lost)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), self.RESTART_DELAY_SECONDS)
+        finally:
+            if self._on_process_stop is not None:
+                await self._on_process_stop()
+
+    async def _run_arq_worker(self) -> BaseException | None:
+        """One ARQ worker, from its connection to Redis to its close: the Redis error that
+        ended it, or ``None`` when it stopped (a signal, the end of a burst). Other errors
+        are raised."""
+        self.worker = worker = Worker(**self._options)
+        if self._handle_signals:
+            self._install_signal_handlers()
+        main = worker.main_task = asyncio.create_task(worker.main())
+        try:
+            await asyncio.wait([main])
+        finally:
+            if not main.done():  # run_async itself was cancelled
+                main.cancel()
+                await asyncio.wait([main])
+            await self._close_arq_worker(worker)
+        if main.cancelled():
+            return None
+        error = main.exception()
+        if error is None or isinstance(error, _REDIS_LOST):
+            return error
+        raise error
+
+    async def _close_arq_worker(self, worker: Worker) -> None:
+        """ARQ's close (it waits for its running tasks), which fails on a Redis connection
+        that is gone; the connection pool is closed either way."""
+        closing = asyncio.create_task(worker.close())
+        await asyncio.wait([closing])
+        if not closing.cancelled():
+            if closing.exception() is None:
+                return
+            log.warning("closing the ARQ worker failed: %r", closing.exception())
+        pool: ArqRedis | None = getattr(worker, "_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.aclose(close_connection_pool=True)
 
     async def close(self) -> None:
-        await self.worker.close()
+        """Nothing left to close after ``run_async`` (kept for callers that close a runner)."""
+        if self.worker is not None:
+            await self._close_arq_worker(self.worker)

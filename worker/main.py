@@ -51,8 +51,9 @@ async def _heartbeat(state: WorkerContext) -> None:
 
 
 class WorkerProcess:
-    """What lives as long as the process, across the ARQ workers that a Redis outage makes
-    the runner replace: the database pool, the job drain, the heartbeat."""
+    """What lives as long as the process, started before (and independently of) the ARQ
+    workers, which need Redis and which a Redis outage makes the runner replace: the database
+    pool, the durable-job drain, the heartbeat."""
 
     def __init__(self, settings: Settings, *, burst: bool) -> None:
         self.settings = settings
@@ -61,24 +62,20 @@ class WorkerProcess:
         self.drain: JobDrain | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
+    async def start(self) -> None:
+        settings = self.settings
+        db = await Database.connect(
+            settings.require_database_url(), pool_size=settings.db_pool_size
+        )
+        queue = Queue.from_url(settings.require_redis_url(), settings.queue_name)
+        self.state = WorkerContext(settings=settings, db=db, queue=queue, http=httpx.AsyncClient())
+        self.drain = JobDrain(self.state, HANDLERS, database_url=settings.require_database_url())
+        self.drain.start()
+        self._heartbeat = asyncio.create_task(_heartbeat(self.state))
+        log.info("worker started", extra={"queue": settings.queue_name, "id": self.state.worker_id})
+
     async def on_startup(self, ctx: dict[str, Any]) -> None:
-        if self.state is None:
-            settings = self.settings
-            db = await Database.connect(
-                settings.require_database_url(), pool_size=settings.db_pool_size
-            )
-            queue = Queue.from_url(settings.require_redis_url(), settings.queue_name)
-            self.state = WorkerContext(
-                settings=settings, db=db, queue=queue, http=httpx.AsyncClient()
-            )
-            self.drain = JobDrain(
-                self.state, HANDLERS, database_url=settings.require_database_url()
-            )
-            self.drain.start()
-            self._heartbeat = asyncio.create_task(_heartbeat(self.state))
-            log.info(
-                "worker started", extra={"queue": settings.queue_name, "id": self.state.worker_id}
-            )
+        """Each ARQ worker's start: its tasks find the process's resources in ``ctx``."""
         ctx["stockroom"] = self.state
         ctx["drain"] = self.drain
 
@@ -86,7 +83,7 @@ class WorkerProcess:
         if self.drain is not None:
             self.drain.request_stop()
 
-    async def on_shutdown(self, ctx: dict[str, Any]) -> None:
+    async def stop(self) -> None:
         state, drain = self.state, self.drain
         if state is None or drain is None:
             return
@@ -119,8 +116,9 @@ def build_runner(
         crons=[] if burst else CRONS,
         max_jobs=settings.worker_concurrency,
         poll_delay=POLL_DELAY_SECONDS,
+        on_process_start=process.start,
+        on_process_stop=process.stop,
         on_startup=process.on_startup,
-        on_shutdown=process.on_shutdown,
         on_stop_requested=process.on_stop_requested,
         burst=burst,
         handle_signals=handle_signals,
