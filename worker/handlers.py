@@ -40,6 +40,7 @@ async def _generate(run: JobRun, settings: Settings) -> dict[str, Any]:
         run.job.id,
         run.job.payload,
         worker_id=run.state.worker_id,
+        generation=run.job.generation,
         settings=ReportSettings(
             max_bytes=settings.report_max_bytes,
             retention_hours=settings.report_retention_hours,

@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import asyncpg
@@ -43,6 +43,10 @@ from worker.context import WorkerContext
 log = logging.getLogger("stockroom.worker")
 
 RENEW_EVERY_SECONDS = 1.0
+# A copy whose lease has not been extended for this long stops itself (the database is away,
+# or this worker is cut off from it), before the lease (jobs.LEASE_SECONDS) can lapse and
+# another worker's reaper hand the job to someone else.
+FENCE_AFTER_SECONDS = jobs.LEASE_SECONDS - 4
 PROGRESS_EVERY_SECONDS = 0.5
 POLL_EVERY_SECONDS = 0.5
 CLAIM_BATCH = 100
@@ -61,6 +65,7 @@ class JobRun:
     _last_progress: float = 0.0
     stop_reason: StopReason | None = None
     finishing: bool = False  # the handler has returned or raised: nothing left to stop
+    renewed_at: float = field(default_factory=time.monotonic)  # the lease was last extended
 
     async def progress(self, percent: int, *, force: bool = False) -> None:
         """Record progress (at most twice a second unless ``force``)."""
@@ -69,7 +74,7 @@ class JobRun:
             return
         self._last_progress = now
         async with self.state.db.acquire() as conn:
-            await jobs.set_progress(conn, self.job.id, self.state.worker_id, percent)
+            await jobs.set_progress(conn, self.job.lease, self.state.worker_id, percent)
 
 
 Handler = Callable[[JobRun], Coroutine[Any, Any, dict[str, Any]]]
@@ -90,13 +95,13 @@ class _Completions:
 
     def __init__(self, state: WorkerContext) -> None:
         self._state = state
-        self._pending: list[tuple[uuid.UUID, dict[str, Any], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def complete(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
+    async def complete(self, lease: jobs.Lease, result: dict[str, Any]) -> bool:
         """``True`` when the job is now complete; ``False`` when it was no longer ours."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((job_id, result, done))
+        self._pending.append((lease, result, done))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write())
         return await done
@@ -107,20 +112,53 @@ class _Completions:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    async with self._state.db.acquire() as conn:
-                        completed = await jobs.complete_many(
-                            conn, self._state.worker_id, [(i, r) for i, r, _ in batch]
-                        )
-                except Exception as exc:
-                    for _, _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
+                    completed = await self._complete(batch)
+                except Exception:
+                    # one bad result (or a blip) must not fail its neighbours: one at a time
+                    for entry in batch:
+                        await self._complete_one(entry)
                     continue
-                for job_id, _, done in batch:
+                for (job_id, _), _, done in batch:
                     if not done.done():
                         done.set_result(job_id in completed)
         finally:
             self._writer = None
+
+    async def _complete(
+        self, batch: list[tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]]
+    ) -> set[uuid.UUID]:
+        async with self._state.db.acquire() as conn:
+            return await jobs.complete_many(
+                conn, self._state.worker_id, [(lease, r) for lease, r, _ in batch]
+            )
+
+    async def _complete_one(
+        self, entry: tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]
+    ) -> None:
+        lease, _, done = entry
+        try:
+            completed = await _retrying(lambda: self._complete([entry]))
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(lease[0] in completed)
+
+
+# Outcome writes are retried for a while: the lease is renewed while an outcome is pending, so
+# a database blip need not make a finished job run again.
+OUTCOME_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+async def _retrying(write: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    for delay in OUTCOME_RETRY_DELAYS:
+        try:
+            return await write()
+        except Exception as exc:
+            log.warning("writing a job's outcome failed; retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+    return await write()
 
 
 class JobDrain:
@@ -190,7 +228,7 @@ class JobDrain:
         if self._runs:
             await asyncio.wait([task for _, task in self._runs.values()])
         if shutdown:
-            await self._hand_back([run.job.id for run in shutdown])
+            await self._hand_back([run.job.lease for run in shutdown])
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -239,6 +277,12 @@ class JobDrain:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _start(self, job: jobs.ClaimedJob) -> None:
+        old = self._runs.get(job.id)
+        if old is not None and not old[0].finishing:
+            # our own earlier copy, whose lease lapsed and was reclaimed: it must stop (its
+            # writes name its generation and change nothing any more)
+            old[0].stop_reason = "lost"
+            old[1].cancel()
         run = JobRun(job=job, state=self._state)
         task = asyncio.create_task(self._run(run))
         self._runs[job.id] = (run, task)
@@ -280,7 +324,7 @@ class JobDrain:
     async def _complete(self, job: jobs.ClaimedJob, result: dict[str, Any]) -> None:
         extra = {"job_id": str(job.id), "kind": job.kind, "attempt": job.attempt}
         try:
-            completed = await self._completions.complete(job.id, result)
+            completed = await self._completions.complete(job.lease, result)
         except Exception as exc:  # the lease lapses and the job runs again
             log.error("could not record a completed job: %s", exc, extra=extra)
             return
@@ -293,7 +337,7 @@ class JobDrain:
     async def _stopped(self, run: JobRun) -> None:
         job = run.job
         if run.stop_reason == "cancelled":
-            await self._write(jobs.mark_cancelled, job.id, self._state.worker_id)
+            await self._write(jobs.mark_cancelled, job.lease, self._state.worker_id)
             log.info("job cancelled", extra={"job_id": str(job.id)})
         elif run.stop_reason == "lost":
             log.warning("job lease lost; this copy stopped", extra={"job_id": str(job.id)})
@@ -304,7 +348,9 @@ class JobDrain:
         error = describe(exc)
         if is_transient(exc) and job.attempt < job.max_attempts:
             delay = jobs.backoff_seconds(job.attempt)
-            requeued = await self._write(jobs.schedule_retry, job.id, state.worker_id, error, delay)
+            requeued = await self._write(
+                jobs.schedule_retry, job.lease, state.worker_id, error, delay
+            )
             if requeued is False:  # cancelled meanwhile, or the job is no longer this worker's
                 log.info(
                     "job attempt failed; not requeued",
@@ -327,7 +373,7 @@ class JobDrain:
             return
         if is_transient(exc):
             error = f"gave up after {job.attempt} attempts: {error}"
-        await self._write(jobs.fail, job.id, state.worker_id, error)
+        await self._write(jobs.fail, job.lease, state.worker_id, error)
         metrics.JOBS_FAILED.labels(job.kind).inc()
         log.error(
             "job failed", extra={"job_id": str(job.id), "attempt": job.attempt, "error": error}
@@ -337,17 +383,21 @@ class JobDrain:
         """One outcome write, returning what the statement returns (``None`` when it could
         not be written: the database is away, the lease lapses and the reaper returns the
         job)."""
-        try:
+
+        async def write() -> Any:
             async with self._state.db.acquire() as conn:
                 return await statement(conn, *args)
+
+        try:
+            return await _retrying(write)
         except Exception as exc:
             log.warning("could not record a job's outcome: %s", exc)
             return None
 
-    async def _hand_back(self, job_ids: list[uuid.UUID]) -> None:
+    async def _hand_back(self, leases: list[jobs.Lease]) -> None:
         try:
             async with self._state.db.acquire() as conn:
-                count = await jobs.hand_back(conn, self._state.worker_id, job_ids)
+                count = await jobs.hand_back(conn, self._state.worker_id, leases)
         except Exception as exc:  # the leases lapse and the reaper returns the jobs
             log.warning("could not hand back jobs: %s", exc)
             return
@@ -356,27 +406,48 @@ class JobDrain:
     # --- leases ------------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        state = self._state
+        """Each second, on the drain's own connection: renew this process's leases, stop the
+        copies that are no longer ours (or cancelled, or whose lease could not be renewed
+        for too long), then return the jobs of workers that stopped renewing theirs."""
         while True:
             await asyncio.sleep(RENEW_EVERY_SECONDS)
             # Every job whose outcome is not written yet: a finished job's completion may be
             # waiting for a pooled connection, and its lease must outlast the wait.
-            held = {job_id: run for job_id, (run, _) in self._runs.items()}
-            if not held:
-                continue
+            held = [run for run, _ in self._runs.values()]
+            if held:
+                await self._renew(held)
             try:
-                renewed = await self._lease_conn.run(jobs.renew_leases, state.worker_id, list(held))
-            except Exception as exc:  # the lease outlives a short database blip
-                log.warning("lease renewal failed: %s", exc)
+                reclaimed = await self._lease_conn.run(jobs.reclaim_expired)
+            except Exception as exc:
+                log.warning("reclaiming expired leases failed: %s", exc)
                 continue
-            for job_id, run in held.items():
-                entry = self._runs.get(job_id)
-                if entry is None or entry[0] is not run or run.finishing:
-                    continue
-                cancel = renewed.get(job_id)
-                if cancel is None or cancel:
-                    run.stop_reason = "lost" if cancel is None else "cancelled"
-                    entry[1].cancel()
+            if reclaimed:
+                log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
+
+    async def _renew(self, held: list[JobRun]) -> None:
+        asked = time.monotonic()
+        try:
+            renewed = await self._lease_conn.run(
+                jobs.renew_leases, self._state.worker_id, [run.job.lease for run in held]
+            )
+        except Exception as exc:  # the lease outlives a short database blip...
+            log.warning("lease renewal failed: %s", exc)
+            for run in held:  # ...but not a long one: stop before the reaper can requeue
+                if not run.finishing and asked - run.renewed_at > FENCE_AFTER_SECONDS:
+                    self._stop_run(run, "lost")
+            return
+        for run in held:
+            cancel = renewed.get(run.job.id)
+            if cancel is not None:
+                run.renewed_at = asked
+            if not run.finishing and (cancel is None or cancel):
+                self._stop_run(run, "lost" if cancel is None else "cancelled")
+
+    def _stop_run(self, run: JobRun, reason: StopReason) -> None:
+        entry = self._runs.get(run.job.id)
+        if entry is not None and entry[0] is run and run.stop_reason is None:
+            run.stop_reason = reason
+            entry[1].cancel()
 
 
 class _OwnConnection:

@@ -7,7 +7,6 @@ from typing import Any
 
 from shared import idempotency
 from shared.audit import service as audit
-from shared.jobs import service as jobs
 from shared.reports.storage import purge_expired_reports
 from worker.context import context_of
 from worker.jobs import JobDrain
@@ -35,14 +34,11 @@ async def drain_audit(ctx: dict[str, Any]) -> int:
 
 
 async def relay_outbox(ctx: dict[str, Any]) -> None:
-    """Return to the queue the jobs of workers that stopped renewing their lease (the
-    reclaim notifies the drains), and wake an audit drain for events that waited too long
-    (their wake-up was lost: Redis was down, or the API process died after commit)."""
+    """Wake an audit drain for events that waited too long (their wake-up was lost: Redis was
+    down, or the API process died after commit). (Jobs of workers that stopped renewing their
+    lease are returned by every worker's job drain, which needs no Redis.)"""
     state = context_of(ctx)
     async with state.db.acquire() as conn:
-        reclaimed = await jobs.reclaim_expired(conn)
-        if reclaimed:
-            log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
         if await audit.pending_older_than(conn, 1.0):
             # Under a fresh id: the coalesced drain's id can be held for a minute by ARQ after
             # a worker died while running it, and must not hold back the audit log.

@@ -191,6 +191,13 @@ async def queue_stats(conn: Connection) -> QueueStats:
 # --- worker side -----------------------------------------------------------------------------
 
 
+# A claim: the job and its generation, which every return to the queue (retry, hand-back,
+# reclaim) increments. Every write of a claim's outcome, lease or progress names both, so a
+# copy whose lease lapsed — even one in the same worker process as the job's next claim —
+# can change nothing.
+Lease = tuple[uuid.UUID, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: uuid.UUID
@@ -199,9 +206,14 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     request_id: str | None
+    generation: int
+
+    @property
+    def lease(self) -> Lease:
+        return (self.id, self.generation)
 
 
-_CLAIMED = "j.id, j.kind, j.payload, j.attempts, j.max_attempts, j.request_id"
+_CLAIMED = "j.id, j.kind, j.payload, j.attempts, j.max_attempts, j.request_id, j.generation"
 
 
 def _claimed(row: Any) -> ClaimedJob:
@@ -212,6 +224,7 @@ def _claimed(row: Any) -> ClaimedJob:
         attempt=row["attempts"],
         max_attempts=row["max_attempts"],
         request_id=row["request_id"],
+        generation=row["generation"],
     )
 
 
@@ -239,34 +252,37 @@ async def claim_due(conn: Connection, worker_id: str, limit: int) -> list[Claime
 
 
 async def renew_leases(
-    conn: Connection, worker_id: str, job_ids: list[uuid.UUID]
+    conn: Connection, worker_id: str, leases: list[Lease]
 ) -> dict[uuid.UUID, bool]:
     """Extend the leases of this worker's running jobs in one statement; returns, for each job
     still ours, whether its cancellation was requested. A job missing from the answer is no
     longer ours (its lease lapsed and it was reclaimed)."""
     rows = await conn.fetch(
         f"""
-        UPDATE jobs SET lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-        WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND status = 'in_progress'
-        RETURNING id, cancel_requested
+        UPDATE jobs j SET lease_until = now() + make_interval(secs => {LEASE_SECONDS})
+        FROM unnest($1::uuid[], $2::int[]) AS l(id, generation)
+        WHERE j.id = l.id AND j.generation = l.generation AND j.worker_id = $3
+          AND j.status = 'in_progress'
+        RETURNING j.id, j.cancel_requested
         """,
-        job_ids,
+        [job_id for job_id, _ in leases],
+        [generation for _, generation in leases],
         worker_id,
     )
     return {r["id"]: r["cancel_requested"] for r in rows}
 
 
-async def set_progress(conn: Connection, job_id: uuid.UUID, worker_id: str, percent: int) -> None:
+_OURS = "id = $1 AND generation = $2 AND worker_id = $3 AND status = 'in_progress'"
+
+
+async def set_progress(conn: Connection, lease: Lease, worker_id: str, percent: int) -> None:
     await conn.execute(
-        "UPDATE jobs SET progress = $3 WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'",
-        job_id,
-        worker_id,
-        max(0, min(100, percent)),
+        f"UPDATE jobs SET progress = $4 WHERE {_OURS}", *lease, worker_id, max(0, min(100, percent))
     )
 
 
 async def complete_many(
-    conn: Connection, worker_id: str, results: list[tuple[uuid.UUID, dict[str, Any]]]
+    conn: Connection, worker_id: str, results: list[tuple[Lease, dict[str, Any]]]
 ) -> set[uuid.UUID]:
     """Complete several jobs of this worker in one statement; returns the ids completed (a
     job whose lease was lost meanwhile is not)."""
@@ -274,56 +290,54 @@ async def complete_many(
         """
         UPDATE jobs j SET status = 'complete', progress = 100, result = r.result, error = NULL,
             finished_at = now(), lease_until = NULL
-        FROM unnest($1::uuid[], $2::jsonb[]) AS r(id, result)
-        WHERE j.id = r.id AND j.worker_id = $3 AND j.status = 'in_progress'
+        FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS r(id, generation, result)
+        WHERE j.id = r.id AND j.generation = r.generation AND j.worker_id = $4
+          AND j.status = 'in_progress'
         RETURNING j.id
         """,
-        [job_id for job_id, _ in results],
+        [job_id for (job_id, _), _ in results],
+        [generation for (_, generation), _ in results],
         [result for _, result in results],
         worker_id,
     )
     return {r["id"] for r in rows}
 
 
-async def fail(conn: Connection, job_id: uuid.UUID, worker_id: str, error: str) -> None:
+async def fail(conn: Connection, lease: Lease, worker_id: str, error: str) -> None:
     await conn.execute(
-        """
-        UPDATE jobs SET status = 'failed', error = $3, finished_at = now(), lease_until = NULL
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
-        """,
-        job_id,
+        "UPDATE jobs SET status = 'failed', error = $4, finished_at = now(), lease_until = NULL"
+        f" WHERE {_OURS}",
+        *lease,
         worker_id,
         error[:4000],
     )
 
 
-async def mark_cancelled(conn: Connection, job_id: uuid.UUID, worker_id: str) -> None:
+async def mark_cancelled(conn: Connection, lease: Lease, worker_id: str) -> None:
     await conn.execute(
-        """
-        UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
-        """,
-        job_id,
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL"
+        f" WHERE {_OURS}",
+        *lease,
         worker_id,
     )
 
 
 async def schedule_retry(
-    conn: Connection, job_id: uuid.UUID, worker_id: str, error: str, delay: float
+    conn: Connection, lease: Lease, worker_id: str, error: str, delay: float
 ) -> bool:
     """Back to the queue, due in ``delay`` seconds; ``True`` when requeued. A job whose cancel
     was requested meanwhile is cancelled instead (a queued job is never claimed once its
     cancel is requested)."""
     status: str | None = await conn.fetchval(
-        """
-        UPDATE jobs SET error = $3, worker_id = NULL, lease_until = NULL,
+        f"""
+        UPDATE jobs SET error = $4, worker_id = NULL, lease_until = NULL,
             status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
             finished_at = CASE WHEN cancel_requested THEN now() END,
-            run_after = now() + make_interval(secs => $4), generation = generation + 1
-        WHERE id = $1 AND worker_id = $2 AND status = 'in_progress'
+            run_after = now() + make_interval(secs => $5), generation = generation + 1
+        WHERE {_OURS}
         RETURNING status
         """,
-        job_id,
+        *lease,
         worker_id,
         error[:4000],
         delay,
@@ -331,19 +345,22 @@ async def schedule_retry(
     return status == JobStatus.queued
 
 
-async def hand_back(conn: Connection, worker_id: str, job_ids: list[uuid.UUID]) -> int:
+async def hand_back(conn: Connection, worker_id: str, leases: list[Lease]) -> int:
     """The worker is shutting down: return its jobs without counting the attempt, due now,
     and wake the other workers (``NOTIFY``). Returns how many were handed back."""
     rows = await conn.fetch(
         f"""
-        UPDATE jobs SET attempts = greatest(attempts - 1, 0),
-            status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-            finished_at = CASE WHEN cancel_requested THEN now() END,
-            worker_id = NULL, lease_until = NULL, generation = generation + 1, run_after = now()
-        WHERE id = ANY($1::uuid[]) AND worker_id = $2 AND status = 'in_progress'
-        RETURNING id, CASE WHEN status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
+        UPDATE jobs j SET attempts = greatest(j.attempts - 1, 0),
+            status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+            finished_at = CASE WHEN j.cancel_requested THEN now() END,
+            worker_id = NULL, lease_until = NULL, generation = j.generation + 1, run_after = now()
+        FROM unnest($1::uuid[], $2::int[]) AS l(id, generation)
+        WHERE j.id = l.id AND j.generation = l.generation AND j.worker_id = $3
+          AND j.status = 'in_progress'
+        RETURNING j.id, CASE WHEN j.status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
         """,
-        job_ids,
+        [job_id for job_id, _ in leases],
+        [generation for _, generation in leases],
         worker_id,
     )
     return len(rows)

@@ -302,13 +302,21 @@ async def generate_report(
     payload: dict[str, Any],
     *,
     worker_id: str,
+    generation: int,
     settings: ReportSettings,
     progress: Progress,
 ) -> dict[str, Any]:
-    """Run one attempt at the report whose job is ``report_id``; returns the job's result."""
+    """Run one attempt at the report whose job is ``report_id`` (claimed by ``worker_id`` as
+    its ``generation``); returns the job's result."""
     async with _slots:
         return await _generate(
-            pool, report_id, payload, worker_id=worker_id, settings=settings, progress=progress
+            pool,
+            report_id,
+            payload,
+            worker_id=worker_id,
+            generation=generation,
+            settings=settings,
+            progress=progress,
         )
 
 
@@ -318,6 +326,7 @@ async def _generate(
     payload: dict[str, Any],
     *,
     worker_id: str,
+    generation: int,
     settings: ReportSettings,
     progress: Progress,
 ) -> dict[str, Any]:
@@ -409,6 +418,7 @@ async def _generate(
                 write_conn,
                 report_id,
                 worker_id,
+                generation,
                 storage.Published(
                     blob_id=blob_id,
                     filename=filename(definition.kind, fmt, report_id, generated_at),

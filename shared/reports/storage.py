@@ -119,20 +119,22 @@ class Published:
     retention_hours: int
 
 
-async def publish(conn: Connection, report_id: uuid.UUID, worker_id: str, file: Published) -> bool:
+async def publish(
+    conn: Connection, report_id: uuid.UUID, worker_id: str, generation: int, file: Published
+) -> bool:
     """Make ``file`` the report's, atomically; ``False`` (and nothing changes) when the job is
-    no longer this worker's to finish (its lease was lost, or it was cancelled)."""
+    no longer this claim's to finish (its lease was lost, or it was cancelled)."""
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = on")
-        owner = await conn.fetchval(
+        owner = await conn.fetchrow(
             """
-            SELECT worker_id FROM jobs
+            SELECT worker_id, generation FROM jobs
             WHERE id = $1 AND status = 'in_progress' AND NOT cancel_requested
             FOR UPDATE
             """,
             report_id,
         )
-        if owner != worker_id:
+        if owner is None or (owner["worker_id"], owner["generation"]) != (worker_id, generation):
             return False
         await conn.execute(
             """

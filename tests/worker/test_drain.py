@@ -141,3 +141,55 @@ async def test_a_stop_does_not_wait_for_a_pooled_connection(env: Env, db: Databa
     async with db.acquire() as conn:
         row = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
     assert dict(row) == {"status": "queued", "attempts": 0}
+
+
+async def test_a_copy_that_cannot_renew_its_lease_stops_before_the_lease_lapses(
+    env: Env, db: Database
+) -> None:
+    """Cut off from the database its leases are renewed on, a worker stops its copy of the
+    job (FENCE_AFTER_SECONDS) before the lease can lapse and another worker's reaper hand the
+    job on: never two copies running at once."""
+    from shared.jobs.service import LEASE_SECONDS
+    from worker.jobs import FENCE_AFTER_SECONDS
+
+    started, stopped = asyncio.Event(), asyncio.Event()
+    stopped_after: list[float] = []
+
+    async def handler(run: JobRun) -> dict[str, Any]:
+        started.set()
+        t0 = time.monotonic()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped_after.append(time.monotonic() - t0)
+            stopped.set()
+        return {}
+
+    settings = env.settings(worker_concurrency=2)
+    own_db = await Database.connect(env.database_url, pool_size=2)
+    state = WorkerContext(
+        settings=settings,
+        db=own_db,
+        queue=Queue.from_url(env.redis_url, env.queue_name),
+        http=httpx.AsyncClient(),
+    )
+    # the lease connection (and the listener) point where no database answers
+    unreachable = "postgresql://postgres@127.0.0.1:1/none"
+    drain = JobDrain(state, {JobKind.webhook.value: handler}, database_url=unreachable)
+    drain.start()
+    try:
+        (job_id,) = await insert(db, "CUT-OFF")
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(stopped.wait(), LEASE_SECONDS + 5)
+        assert FENCE_AFTER_SECONDS - 1 <= stopped_after[0] < LEASE_SECONDS, stopped_after
+        async with db.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT status, lease_until > now() AS leased FROM jobs WHERE id = $1", job_id
+            )
+        # stopped while its lease still held: no other worker could have had it yet
+        assert (row["status"], row["leased"]) == ("in_progress", True), dict(row)
+    finally:
+        await asyncio.wait_for(drain.stop(), 10)
+        await state.http.aclose()
+        await state.queue.close()
+        await own_db.close()

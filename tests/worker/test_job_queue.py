@@ -29,7 +29,8 @@ async def insert(db: Database, kind: JobKind = JobKind.webhook, n: int = 1) -> l
 async def status_of(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
     async with db.pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT status, attempts, worker_id, finished_at, result FROM jobs WHERE id = $1",
+            "SELECT status, attempts, progress, worker_id, finished_at, result"
+            " FROM jobs WHERE id = $1",
             job_id,
         )
     return dict(row)
@@ -78,14 +79,16 @@ async def test_concurrent_claims_never_take_the_same_job(db: Database) -> None:
 async def test_renewal_completion_and_hand_back_in_batches(db: Database) -> None:
     ids = await insert(db, n=4)
     async with db.pool.acquire() as conn:
-        await jobs.claim_due(conn, "w:1", 4)
+        leases = {j.id: j.lease for j in await jobs.claim_due(conn, "w:1", 4)}
         await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", ids[1])
         await conn.execute("UPDATE jobs SET worker_id = 'w:other' WHERE id = $1", ids[2])
-        renewed = await jobs.renew_leases(conn, "w:1", ids)
+        renewed = await jobs.renew_leases(conn, "w:1", [leases[i] for i in ids])
         assert renewed == {ids[0]: False, ids[1]: True, ids[3]: False}  # ids[2]: lost
-        completed = await jobs.complete_many(conn, "w:1", [(ids[0], {"n": 0}), (ids[2], {"n": 2})])
+        completed = await jobs.complete_many(
+            conn, "w:1", [(leases[ids[0]], {"n": 0}), (leases[ids[2]], {"n": 2})]
+        )
         assert completed == {ids[0]}
-        assert await jobs.hand_back(conn, "w:1", [ids[1], ids[3]]) == 2
+        assert await jobs.hand_back(conn, "w:1", [leases[ids[1]], leases[ids[3]]]) == 2
     done = await status_of(db, ids[0])
     assert done["status"] == "complete" and done["result"] == {"n": 0}
     # handed back without counting the attempt; a cancel requested meanwhile wins
@@ -94,12 +97,42 @@ async def test_renewal_completion_and_hand_back_in_batches(db: Database) -> None
     assert back["status"] == "queued" and back["attempts"] == 0 and back["worker_id"] is None
 
 
+async def test_a_lapsed_claim_changes_nothing_even_in_the_worker_that_claims_it_again(
+    db: Database,
+) -> None:
+    """A worker cut off from the database for longer than the lease: the reaper returns its
+    job, and the same worker (same worker id) may claim it again. The first copy's writes name
+    its generation: none of them touches the new claim."""
+    (job_id,) = await insert(db)
+    async with db.pool.acquire() as conn:
+        (first,) = await jobs.claim_due(conn, "w:1", 1)
+        await conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")
+        assert await jobs.reclaim_expired(conn) == [(job_id, first.generation + 1)]
+        (second,) = await jobs.claim_due(conn, "w:1", 1)
+        assert second.id == job_id and second.generation == first.generation + 1
+        # every write of the first copy is fenced off
+        assert await jobs.renew_leases(conn, "w:1", [first.lease]) == {}
+        await jobs.set_progress(conn, first.lease, "w:1", 50)
+        assert await jobs.complete_many(conn, "w:1", [(first.lease, {"copy": 1})]) == set()
+        await jobs.fail(conn, first.lease, "w:1", "boom")
+        await jobs.mark_cancelled(conn, first.lease, "w:1")
+        assert not await jobs.schedule_retry(conn, first.lease, "w:1", "TimeoutError", 0)
+        assert await jobs.hand_back(conn, "w:1", [first.lease]) == 0
+        row = await status_of(db, job_id)
+        assert (row["status"], row["progress"], row["attempts"]) == ("in_progress", 0, 2)
+        # the second copy's own writes land
+        assert await jobs.renew_leases(conn, "w:1", [second.lease]) == {job_id: False}
+        assert await jobs.complete_many(conn, "w:1", [(second.lease, {"copy": 2})]) == {job_id}
+    done = await status_of(db, job_id)
+    assert done["status"] == "complete" and done["result"] == {"copy": 2}
+
+
 async def test_a_retry_of_a_job_whose_cancel_was_requested_cancels_it(db: Database) -> None:
     (job_id,) = await insert(db)
     async with db.pool.acquire() as conn:
-        await jobs.claim_due(conn, "w:1", 1)
+        (claimed,) = await jobs.claim_due(conn, "w:1", 1)
         await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
-        assert not await jobs.schedule_retry(conn, job_id, "w:1", "TimeoutError", 0.5)
+        assert not await jobs.schedule_retry(conn, claimed.lease, "w:1", "TimeoutError", 0.5)
     row = await status_of(db, job_id)
     assert row["status"] == "cancelled" and row["finished_at"] is not None
 
