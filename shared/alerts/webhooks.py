@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -21,6 +22,8 @@ from shared.jobs.retry import PermanentJobError, TransientJobError
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 RETRYABLE_STATUSES = frozenset({408, 429})
+
+log = logging.getLogger("stockroom.webhooks")
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -53,7 +56,9 @@ async def deliver(
     """POST the event once; records the attempt. Network errors, 5xx, 408 and 429 raise
     ``TransientJobError``; any other non-2xx raises ``PermanentJobError``. A connection is
     taken only to record the attempt, never across the HTTP call (a slow receiver would hold
-    pooled connections for its whole timeout)."""
+    pooled connections for its whole timeout). The record is best effort: a delivery that
+    the receiver accepted stands even when its log row cannot be written (raising would retry
+    the job and send the webhook again)."""
     body = encode_body(event_type, data)
     timestamp = int(time.time())
     message_id = f"msg_{job_id.hex}"
@@ -73,6 +78,28 @@ async def deliver(
     except httpx.TransportError as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     finally:
+        duration_ms = int((time.monotonic() - started) * 1000)
+        await _record_attempt(db, job_id, attempt, url, status, error, duration_ms)
+    if status is None:
+        raise TransientJobError(f"delivery to {url} failed: {error}")
+    if 200 <= status < 300:
+        return {"status_code": status, "webhook_id": message_id}
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise TransientJobError(f"receiver answered {status}")
+    raise PermanentJobError(f"receiver answered {status}; not retried")
+
+
+async def _record_attempt(
+    db: Database,
+    job_id: uuid.UUID,
+    attempt: int,
+    url: str,
+    status: int | None,
+    error: str | None,
+    duration_ms: int,
+) -> None:
+    """The attempt's ``webhook_deliveries`` row; a failure is logged, never raised."""
+    try:
         async with db.acquire() as conn:
             await conn.execute(
                 "INSERT INTO webhook_deliveries"
@@ -83,12 +110,11 @@ async def deliver(
                 url,
                 status,
                 error,
-                int((time.monotonic() - started) * 1000),
+                duration_ms,
             )
-    if status is None:
-        raise TransientJobError(f"delivery to {url} failed: {error}")
-    if 200 <= status < 300:
-        return {"status_code": status, "webhook_id": message_id}
-    if status >= 500 or status in RETRYABLE_STATUSES:
-        raise TransientJobError(f"receiver answered {status}")
-    raise PermanentJobError(f"receiver answered {status}; not retried")
+    except Exception as exc:
+        log.warning(
+            "could not record a webhook delivery attempt: %s",
+            exc,
+            extra={"job_id": str(job_id), "attempt": attempt, "status_code": status},
+        )
