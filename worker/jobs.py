@@ -149,6 +149,7 @@ class _Completions:
 # Outcome writes are retried for a while: the lease is renewed while an outcome is pending, so
 # a database blip need not make a finished job run again.
 OUTCOME_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+OUTCOME_WAIT_AT_STOP_SECONDS = 15.0
 
 
 async def _retrying(write: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -226,7 +227,15 @@ class JobDrain:
             run.stop_reason = "shutdown"
             self._runs[run.job.id][1].cancel()
         if self._runs:
-            await asyncio.wait([task for _, task in self._runs.values()])
+            # outcomes still being written get a while more (their writes are retried and
+            # time-limited); past it they are dropped: their leases lapse, the reaper returns
+            # the jobs
+            tasks = [task for _, task in self._runs.values()]
+            _, late = await asyncio.wait(tasks, timeout=OUTCOME_WAIT_AT_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         if shutdown:
             await self._hand_back([run.job.lease for run in shutdown])
         for task in self._tasks:

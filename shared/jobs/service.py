@@ -27,6 +27,9 @@ from shared.jobs.schemas import Job, JobLinks, QueueStats
 from shared.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 
 LEASE_SECONDS = 15
+# The worker's own statements on jobs are short: one that takes longer is stuck (a half-open
+# connection after a failover, say) and is given up rather than hanging the drain.
+STATEMENT_TIMEOUT_SECONDS = 10
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 
@@ -247,7 +250,7 @@ RETURNING {_CLAIMED}
 async def claim_due(conn: Connection, worker_id: str, limit: int) -> list[ClaimedJob]:
     """Take up to ``limit`` due jobs for this worker in one statement, each under a fresh
     lease and counting an attempt, oldest due first (``CLAIM_DUE``)."""
-    rows = await conn.fetch(CLAIM_DUE, worker_id, limit)
+    rows = await conn.fetch(CLAIM_DUE, worker_id, limit, timeout=STATEMENT_TIMEOUT_SECONDS)
     return [_claimed(r) for r in rows]
 
 
@@ -268,6 +271,7 @@ async def renew_leases(
         [job_id for job_id, _ in leases],
         [generation for _, generation in leases],
         worker_id,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return {r["id"]: r["cancel_requested"] for r in rows}
 
@@ -277,7 +281,11 @@ _OURS = "id = $1 AND generation = $2 AND worker_id = $3 AND status = 'in_progres
 
 async def set_progress(conn: Connection, lease: Lease, worker_id: str, percent: int) -> None:
     await conn.execute(
-        f"UPDATE jobs SET progress = $4 WHERE {_OURS}", *lease, worker_id, max(0, min(100, percent))
+        f"UPDATE jobs SET progress = $4 WHERE {_OURS}",
+        *lease,
+        worker_id,
+        max(0, min(100, percent)),
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
 
 
@@ -299,6 +307,7 @@ async def complete_many(
         [generation for (_, generation), _ in results],
         [result for _, result in results],
         worker_id,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return {r["id"] for r in rows}
 
@@ -310,6 +319,7 @@ async def fail(conn: Connection, lease: Lease, worker_id: str, error: str) -> No
         *lease,
         worker_id,
         error[:4000],
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
 
 
@@ -319,6 +329,7 @@ async def mark_cancelled(conn: Connection, lease: Lease, worker_id: str) -> None
         f" WHERE {_OURS}",
         *lease,
         worker_id,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
 
 
@@ -341,6 +352,7 @@ async def schedule_retry(
         worker_id,
         error[:4000],
         delay,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return status == JobStatus.queued
 
@@ -362,6 +374,7 @@ async def hand_back(conn: Connection, worker_id: str, leases: list[Lease]) -> in
         [job_id for job_id, _ in leases],
         [generation for _, generation in leases],
         worker_id,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return len(rows)
 
@@ -384,6 +397,7 @@ async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
         WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()
         RETURNING id, generation, status,
             CASE WHEN status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
-        """
+        """,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return [(r["id"], r["generation"]) for r in rows if r["status"] == JobStatus.queued]
