@@ -19,6 +19,13 @@ from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
 
+# The API's connections: no statement of a request runs longer than this, and a transaction
+# left open (a bug, a stuck task) does not hold its locks for ever. Named in pg_stat_activity.
+API_SESSION = {
+    "application_name": "stockroom-api",
+    "statement_timeout": "30s",
+    "idle_in_transaction_session_timeout": "60s",
+}
 API_PREFIX = "/api/v1"
 
 
@@ -29,7 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = await Database.connect(database_url, pool_size=settings.db_pool_size)
+        db = await Database.connect(
+            database_url, pool_size=settings.db_pool_size, session=API_SESSION
+        )
         queue = Queue.from_url(redis_url, settings.queue_name)
         app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
         # What start-up built lives as long as the process: keep it out of the collector's

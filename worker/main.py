@@ -65,7 +65,10 @@ class WorkerProcess:
     async def start(self) -> None:
         settings = self.settings
         db = await Database.connect(
-            settings.require_database_url(), pool_size=settings.db_pool_size
+            settings.require_database_url(),
+            pool_size=settings.db_pool_size,
+            # no statement timeout here: a report's COPY may run for minutes
+            session={"application_name": "stockroom-worker"},
         )
         queue = Queue.from_url(settings.require_redis_url(), settings.queue_name)
         self.state = WorkerContext(settings=settings, db=db, queue=queue, http=httpx.AsyncClient())

@@ -90,14 +90,18 @@ class Database:
         return _Checkout(self, timeout)
 
     @classmethod
-    async def connect(cls, url: str, pool_size: int = 10) -> Database:
+    async def connect(
+        cls, url: str, pool_size: int = 10, *, session: dict[str, str] | None = None
+    ) -> Database:
+        """``session``: settings for every connection of the pool, on top of
+        ``SERVER_SETTINGS`` (the API's limits, say)."""
         pool = await asyncpg.create_pool(
             driver_url(url),
             min_size=1,
             max_size=pool_size,
             init=configure,
             reset=_keep_session,
-            server_settings=SERVER_SETTINGS,
+            server_settings={**SERVER_SETTINGS, **(session or {})},
             max_inactive_connection_lifetime=60,
         )
         assert pool is not None

@@ -100,3 +100,15 @@ def test_only_posts_document_an_idempotency_key(app: Any) -> None:
     others = {route: n for route, n in documented.items() if route[0] != "POST"}
     assert posts and all(n == 1 for n in posts.values()), posts
     assert not any(others.values()), others
+
+
+async def test_the_apis_connections_carry_its_limits(app: Any) -> None:
+    """No statement of a request runs past 30 s, no transaction stays open past 60 s, and the
+    connections say whose they are in pg_stat_activity."""
+    async with app.state.stockroom.db.acquire() as conn:
+        settings = await conn.fetchrow(
+            "SELECT current_setting('statement_timeout') AS statement,"
+            " current_setting('idle_in_transaction_session_timeout') AS idle,"
+            " current_setting('application_name') AS name"
+        )
+    assert dict(settings) == {"statement": "30s", "idle": "1min", "name": "stockroom-api"}
