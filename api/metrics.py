@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
 from fastapi import APIRouter, FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +46,16 @@ async def prometheus(state: StateDep) -> Response:
         metrics.LIVE_WORKERS.set(len(await state.queue.live_workers()))
     except Exception as exc:
         log.warning("metrics: worker list unavailable: %s", exc)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """This process's series, or, under ``stockroom api --workers N``, every worker's."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 class MetricsMiddleware:

@@ -9,7 +9,10 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -79,18 +82,28 @@ def cmd_api(args: argparse.Namespace) -> int:
     from shared.logs import configure_logging
 
     configure_logging(settings)
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-    )
+    shared_metrics = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # several processes, one /metrics: they write their series to files in a directory
+        # of this run's, which any of them sums up when scraped
+        shared_metrics = tempfile.mkdtemp(prefix="stockroom-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_metrics
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            server_header=False,
+            timeout_graceful_shutdown=20,
+        )
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Prometheus series shared by the API and the worker (each process exposes its own)."""
+"""Prometheus series shared by the API and the worker (each process exposes its own; the API
+run with several uvicorn workers shares one view through ``PROMETHEUS_MULTIPROC_DIR``, see
+``stockroom api``). The gauges are set at scrape time from the database, so the most recent
+value of any process is the value."""
 
 from __future__ import annotations
 
@@ -23,8 +26,17 @@ JOB_DURATION = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
 )
-QUEUE_DEPTH = Gauge("stockroom_queue_depth", "Jobs waiting, by state", ["state"])
-LIVE_WORKERS = Gauge("stockroom_live_workers", "Workers with a fresh heartbeat")
+QUEUE_DEPTH = Gauge(
+    "stockroom_queue_depth",
+    "Jobs waiting, by state",
+    ["state"],
+    multiprocess_mode="mostrecent",
+)
+LIVE_WORKERS = Gauge(
+    "stockroom_live_workers", "Workers with a fresh heartbeat", multiprocess_mode="mostrecent"
+)
 OLDEST_QUEUED_AGE = Gauge(
-    "stockroom_oldest_queued_age_seconds", "Age of the oldest job due and not started"
+    "stockroom_oldest_queued_age_seconds",
+    "Age of the oldest job due and not started",
+    multiprocess_mode="mostrecent",
 )
