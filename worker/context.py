@@ -14,7 +14,7 @@ import httpx
 
 from shared.db.database import Database
 from shared.queue import Queue
-from shared.reports.generate import CONNECTIONS_PER_REPORT
+from shared.reports.generate import reports_at_once
 from shared.settings import Settings
 
 
@@ -29,15 +29,10 @@ class WorkerContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
-    # Reports at once in this process: each holds up to CONNECTIONS_PER_REPORT pooled
-    # connections, taken one after another; more reports than the pool can serve would each
-    # hold some and wait for the rest, for ever.
-    report_slots: asyncio.Semaphore = field(init=False)
+    report_slots: asyncio.Semaphore = field(init=False)  # see reports_at_once
 
     def __post_init__(self) -> None:
-        self.report_slots = asyncio.Semaphore(
-            max(1, self.settings.db_pool_size // CONNECTIONS_PER_REPORT)
-        )
+        self.report_slots = asyncio.Semaphore(reports_at_once(self.settings.db_pool_size))
 
     @property
     def worker_id(self) -> str:

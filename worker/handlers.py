@@ -8,7 +8,6 @@ from shared.alerts import webhooks
 from shared.jobs.kinds import JobKind
 from shared.jobs.retry import PermanentJobError
 from shared.reports.generate import ReportSettings, generate_report
-from shared.settings import Settings
 from worker.jobs import Handler, JobRun
 
 
@@ -31,22 +30,18 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
 async def make_report(run: JobRun) -> dict[str, Any]:
     settings = run.state.settings
     async with run.state.report_slots:
-        return await _generate(run, settings)
-
-
-async def _generate(run: JobRun, settings: Settings) -> dict[str, Any]:
-    return await generate_report(
-        run.state.db.pool,
-        run.job.id,
-        run.job.payload,
-        worker_id=run.state.worker_id,
-        generation=run.job.generation,
-        settings=ReportSettings(
-            max_bytes=settings.report_max_bytes,
-            retention_hours=settings.report_retention_hours,
-        ),
-        progress=run.progress,
-    )
+        return await generate_report(
+            run.state.db.pool,
+            run.job.id,
+            run.job.payload,
+            worker_id=run.state.worker_id,
+            generation=run.job.generation,
+            settings=ReportSettings(
+                max_bytes=settings.report_max_bytes,
+                retention_hours=settings.report_retention_hours,
+            ),
+            progress=run.progress,
+        )
 
 
 HANDLERS: dict[str, Handler] = {

@@ -52,9 +52,18 @@ from shared.reports.schemas import (
 
 log = logging.getLogger("stockroom.reports")
 
-# Pooled connections one report holds at most: the writer's, the COPY reader's, the summary's,
-# and a short one for progress. The worker runs no more reports at once than its pool serves.
+# A report holds up to four pooled connections while it runs (the writer's, the COPY
+# reader's, the summary's, and a short one for progress), taken one after another, and keeps
+# a PostgreSQL backend and a renderer busy. A worker process runs REPORTS_AT_ONCE at most, and
+# no more than its pool serves: more would each hold some connections and wait for the rest,
+# for ever. The others wait their turn (their leases renewed all the while). More reports at
+# once is a matter of more worker processes.
+REPORTS_AT_ONCE = 2
 CONNECTIONS_PER_REPORT = 4
+
+
+def reports_at_once(pool_size: int) -> int:
+    return max(1, min(REPORTS_AT_ONCE, pool_size // CONNECTIONS_PER_REPORT))
 
 
 class Progress(Protocol):
@@ -288,14 +297,6 @@ def filename(kind: ReportKind, fmt: ReportFormat, report_id: uuid.UUID, at: date
     return f"{kind.value}-{at:%Y%m%d-%H%M%S}-{str(report_id)[:8]}.{fmt.value}"
 
 
-# A report holds three pooled connections while it runs (rows, totals, chunk writes) and keeps
-# a PostgreSQL backend and a renderer busy: a worker process runs this many at once and the
-# others wait their turn (their leases renewed all the while). More reports at once is a matter
-# of more worker processes.
-REPORTS_AT_ONCE = 2
-_slots = asyncio.Semaphore(REPORTS_AT_ONCE)
-
-
 async def generate_report(
     pool: asyncpg.Pool,
     report_id: uuid.UUID,
@@ -307,29 +308,8 @@ async def generate_report(
     progress: Progress,
 ) -> dict[str, Any]:
     """Run one attempt at the report whose job is ``report_id`` (claimed by ``worker_id`` as
-    its ``generation``); returns the job's result."""
-    async with _slots:
-        return await _generate(
-            pool,
-            report_id,
-            payload,
-            worker_id=worker_id,
-            generation=generation,
-            settings=settings,
-            progress=progress,
-        )
-
-
-async def _generate(
-    pool: asyncpg.Pool,
-    report_id: uuid.UUID,
-    payload: dict[str, Any],
-    *,
-    worker_id: str,
-    generation: int,
-    settings: ReportSettings,
-    progress: Progress,
-) -> dict[str, Any]:
+    its ``generation``); returns the job's result. The caller limits how many run at once
+    (``reports_at_once``)."""
     try:
         request = REPORT_REQUEST.validate_python(payload)
     except ValidationError as exc:
