@@ -33,14 +33,6 @@ class StoredResponse:
     body: bytes
 
 
-def validate_key(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    if not 1 <= len(raw) <= MAX_KEY_LENGTH:
-        raise InvalidIdempotencyKey(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
-    return raw
-
-
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
     """What makes two requests 'the same': method, path and the JSON body up to key order and
     white space (a body that is not JSON counts byte for byte)."""
@@ -103,6 +95,7 @@ async def open_mutation(
     check ``scope`` (403), and claim ``key`` (400 for a bad key, 409 while another request
     holds it, 422 when it was used for a different request). ``replay`` is ``None`` when the
     work must run (the caller then calls ``store``)."""
+    # a key that does not fit is answered 400, but only after 401 and 403
     valid_key = key if key is not None and 1 <= len(key) <= MAX_KEY_LENGTH else None
     secret_hash = hash_secret(material.secret)
     row = await conn.fetchrow(
@@ -117,8 +110,9 @@ async def open_mutation(
     principal = Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
     if not principal.allows(scope):
         raise Forbidden(f"this API key lacks the '{scope}' scope")
-    validate_key(key)
     if valid_key is None:
+        if key is not None:
+            raise InvalidIdempotencyKey(f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} characters")
         return Opened(principal, None)
     if not row["locked"]:
         raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in flight")
