@@ -49,13 +49,6 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_settings_dep(state: StateDep) -> Settings:
-    return state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-
-
 async def read_connection(state: StateDep) -> AsyncIterator[Connection]:
     """A pooled connection for the request's reads (autocommit; each statement sees a
     consistent snapshot)."""

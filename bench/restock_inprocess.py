@@ -6,8 +6,7 @@ rounds, and prints the API process's CPU per request (``time.process_time``; min
 of the rounds), the request rate, and the full garbage collections during the rounds.
 
 A tool for A/B work on the hot path (``--profile out.prof`` writes a CPU-time cProfile of the
-measured rounds; ``--gc-threshold 1`` freezes the start-up heap as the API's lifespan does);
-``bench/restock.sh`` gives the figures the inventory issue asks for. It creates and drops a
+measured rounds); ``bench/restock.sh`` gives the figures the inventory issue asks for. It creates and drops a
 database of its own and deletes its Redis keys.
 
     .venv/bin/python bench/restock_inprocess.py [--requests 2560] [--rounds 5] [--concurrency 64]
@@ -89,7 +88,6 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--skus", type=int, default=1000)
     parser.add_argument("--no-key", action="store_true", help="omit the Idempotency-Key")
     parser.add_argument("--profile", type=Path)
-    parser.add_argument("--gc-threshold", type=int, help="gc.set_threshold(N) for the run")
     args = parser.parse_args(argv)
     admin_url = os.environ.get(
         "STOCKROOM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -131,10 +129,6 @@ async def main(argv: list[str]) -> int:
                 return statuses
 
             await asyncio.gather(*(client(20) for _ in range(args.concurrency)))  # warm-up
-            if args.gc_threshold:
-                gc.freeze()
-                if args.gc_threshold > 1:
-                    gc.set_threshold(args.gc_threshold, 50, 100)
             per = args.requests // args.concurrency
             profiler = cProfile.Profile(time.process_time) if args.profile else None
             cpus, rates, bad = [], [], []

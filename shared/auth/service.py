@@ -6,8 +6,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
-
 from shared.audit.events import record_event
 from shared.auth.keys import (
     Scope,
@@ -55,7 +53,7 @@ _AUTH_SQL = (
 )
 
 
-async def authenticate(conn: Connection | asyncpg.Pool, token: str) -> Principal | None:
+async def authenticate(conn: Connection, token: str) -> Principal | None:
     material = parse_token(token)
     if material is None:
         return None
