@@ -12,7 +12,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 PRODUCT = {"sku": "DEV-1", "title": "x", "unit_price": "1.00"}
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inspects processes in /proc")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _process_table() -> dict[int, tuple[int, str, str]]:
@@ -201,7 +195,7 @@ def _stop_and_check_no_orphans(dev: DevCommand, data_dir: Path) -> None:
 
 def test_dev_runs_the_stack_on_embedded_servers_and_keeps_data(workdir: Path) -> None:
     data_dir = workdir / "data"
-    port = _free_port()
+    port = free_port()
 
     dev, key = _run_until_ready(port, data_dir, workdir)
     try:

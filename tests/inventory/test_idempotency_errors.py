@@ -24,6 +24,12 @@ from tests.waiting import eventually
 KEY = "pick-once"
 
 
+async def waiting(db: Database, sql: str) -> bool:
+    """Whether ``sql`` (a count of waiting sessions or locks) says so yet."""
+    async with db.pool.acquire() as conn:
+        return bool(await conn.fetchval(sql))
+
+
 async def test_a_failed_request_is_remembered_before_its_key_is_released(
     client: httpx.AsyncClient, admin: dict[str, str], db: Database
 ) -> None:
@@ -35,10 +41,6 @@ async def test_a_failed_request_is_remembered_before_its_key_is_released(
         key_prefix = await conn.fetchval("SELECT prefix FROM api_keys WHERE name = 'admin'")
         product_id = await conn.fetchval("SELECT id FROM products WHERE sku = 'BIN-1'")
     key_lock = lock_id(key_prefix, KEY)
-
-    async def waiting(sql: str) -> bool:
-        async with db.pool.acquire() as conn:
-            return bool(await conn.fetchval(sql))
 
     async with db.pool.acquire() as other, db.pool.acquire() as retrier:
         # another picker takes the last unit and has not committed yet
@@ -56,8 +58,9 @@ async def test_a_failed_request_is_remembered_before_its_key_is_released(
         first_task = asyncio.create_task(client.post(ADJUST, json=take, headers=headers))
         await eventually(
             lambda: waiting(
+                db,
                 "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%UPDATE stock_levels%'"
+                " AND wait_event_type = 'Lock' AND query LIKE '%UPDATE stock_levels%'",
             ),
             what="the request to wait for the level",
         )
@@ -65,8 +68,9 @@ async def test_a_failed_request_is_remembered_before_its_key_is_released(
         retry_task = asyncio.create_task(retrier.execute("SELECT pg_advisory_lock($1)", key_lock))
         await eventually(
             lambda: waiting(
+                db,
                 "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             ),
             what="the retry to wait for the key",
         )
@@ -104,10 +108,6 @@ async def test_a_key_stored_while_the_request_ran_wins_and_the_work_is_undone(
         product_id = await conn.fetchval("SELECT id FROM products WHERE sku = 'BIN-2'")
         movements_before = await conn.fetchval("SELECT count(*) FROM movements")
 
-    async def waiting(sql: str) -> bool:
-        async with db.pool.acquire() as conn:
-            return bool(await conn.fetchval(sql))
-
     async with db.pool.acquire() as blocker, db.pool.acquire() as holder:
         hold = blocker.transaction()
         await hold.start()
@@ -117,8 +117,9 @@ async def test_a_key_stored_while_the_request_ran_wins_and_the_work_is_undone(
         request = asyncio.create_task(client.post(RESTOCK, json=line, headers=headers))
         await eventually(
             lambda: waiting(
+                db,
                 "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO stock_levels%'"
+                " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO stock_levels%'",
             ),
             what="the request to have claimed its key and to wait for the level",
         )

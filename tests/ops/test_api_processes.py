@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import httpx
 
 from tests.conftest import Env
+from tests.servers import free_port
 from tests.waiting import eventually
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _healthz_count(metrics: str) -> float:
@@ -34,7 +27,7 @@ def _healthz_count(metrics: str) -> float:
 
 
 async def test_two_api_processes_share_one_metrics_view(env: Env) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "api", "--port", str(port), "--workers", "2"],
         env=env.process_env(),

@@ -211,20 +211,23 @@ async def test_the_claim_uses_its_partial_index(db: Database) -> None:
     }
 
 
+class Recording:
+    """A connection that remembers the last statement ``fetch`` sent (to EXPLAIN it)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.sql = conn, ""
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        self.sql = sql
+        return await self.conn.fetch(sql, *args)
+
+
 async def test_the_dead_letter_view_reads_the_status_index_as_a_generic_plan(
     db: Database,
 ) -> None:
     """``GET /jobs?status=failed`` among many finished jobs: the statement that list_jobs
     sends reads ix_jobs_status_created_at_id also as the generic plan a prepared statement
     settles on after five runs (not a walk of every job in created_at order)."""
-
-    class Recording:
-        def __init__(self, conn: Any) -> None:
-            self.conn, self.sql = conn, ""
-
-        async def fetch(self, sql: str, *args: Any) -> Any:
-            self.sql = sql
-            return await self.conn.fetch(sql, *args)
 
     async with db.acquire() as conn:
         await conn.execute(
@@ -266,14 +269,6 @@ async def test_the_dead_letter_view_reads_the_status_index_as_a_generic_plan(
 async def test_a_list_of_one_kind_reads_the_kind_index_as_a_generic_plan(db: Database) -> None:
     """``GET /jobs?kind=webhook``: a few webhook jobs among many audit jobs are found through
     ix_jobs_kind_created_at_id (audit jobs stay out of it), also as a generic plan."""
-
-    class Recording:
-        def __init__(self, conn: Any) -> None:
-            self.conn, self.sql = conn, ""
-
-        async def fetch(self, sql: str, *args: Any) -> Any:
-            self.sql = sql
-            return await self.conn.fetch(sql, *args)
 
     async with db.acquire() as conn:
         await conn.execute(
