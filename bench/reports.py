@@ -45,7 +45,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis
@@ -53,6 +52,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.worker_common import BenchError, log, with_database  # noqa: E402
 from shared.db.database import Database  # noqa: E402
 from shared.db.unit_of_work import Actor, UnitOfWork  # noqa: E402
 from shared.queue import Queue  # noqa: E402
@@ -70,19 +70,6 @@ TARGET_XLSX = 3.0
 TARGET_RSS_MB = 250.0
 TARGET_RSS_SPREAD = 0.20
 TARGET_SCALE_OUT = 0.6
-
-
-class BenchError(Exception):
-    """A step failed; the message says which and why."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def run(cmd: list[str], *, env: dict[str, str], timeout: float, what: str) -> str:

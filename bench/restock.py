@@ -47,7 +47,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,13 +57,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.worker_common import (  # noqa: E402
+    BenchError,
+    free_port,
+    libpq_url,
+    log,
+    proc_cpu_seconds,
+    with_database,
+)
+
 BENCH = ROOT / "bench"
 STOCKROOM = ROOT / ".venv" / "bin" / "stockroom"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -76,14 +85,6 @@ TARGET_VS_CEILING = 0.35
 TARGET_VS_PGBENCH = 0.50
 TARGET_HOT_VS_RANDOM = 0.50
 TARGET_P99_OVER_P50 = 4.0
-
-
-class BenchError(Exception):
-    """A step failed; the message says which and why."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def run(
@@ -111,24 +112,6 @@ def run(
     return proc.stdout
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def libpq_url(url: str) -> str:
-    """``postgresql+asyncpg://`` and friends → a URL libpq and asyncpg take."""
-    scheme, rest = url.split("://", 1)
-    return scheme.split("+", 1)[0] + "://" + rest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU of the live processes in process group ``pgid`` (the API's)."""
     ticks = 0
@@ -150,18 +133,6 @@ def machine_busy_seconds() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def pids_cpu_seconds(pids: Sequence[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
@@ -379,12 +350,12 @@ class Bench:
         self.wrk(script, url, self.args.warmup, make_args("warm"))
         assert self.api is not None
         backends = asyncio.run(self._backend_pids())  # the API's pool, open after warm-up
-        api0, db0 = group_cpu_seconds(self.api.pid), pids_cpu_seconds(backends)
+        api0, db0 = group_cpu_seconds(self.api.pid), proc_cpu_seconds(backends)
         kids0, busy0, t0 = children_cpu_seconds(), machine_busy_seconds(), time.monotonic()
         output = self.wrk(script, url, self.args.duration, make_args("run"))
         elapsed = time.monotonic() - t0
         api = group_cpu_seconds(self.api.pid) - api0
-        db = pids_cpu_seconds(backends) - db0
+        db = proc_cpu_seconds(backends) - db0
         wrk = children_cpu_seconds() - kids0
         other = machine_busy_seconds() - busy0 - api - db - wrk
         (self.workdir / f"wrk-{name}.txt").write_text(output)
