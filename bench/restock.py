@@ -67,12 +67,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.worker_common import (  # noqa: E402
     BenchError,
-    free_port,
     libpq_url,
     log,
     proc_cpu_seconds,
     with_database,
 )
+from shared.embedded import free_port  # noqa: E402
 
 BENCH = ROOT / "bench"
 STOCKROOM = ROOT / ".venv" / "bin" / "stockroom"

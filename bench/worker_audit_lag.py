@@ -62,7 +62,6 @@ from bench.worker_common import (
     BenchError,
     Proc,
     Stack,
-    free_port,
     install_budget,
     log,
     machine_note,
@@ -73,6 +72,7 @@ from bench.worker_common import (
 from shared.audit.events import record_event
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.embedded import free_port
 from shared.queue import Queue
 
 TARGET_DRAIN_SECONDS = 5.0

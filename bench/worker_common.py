@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,13 +58,6 @@ def with_database(url: str, name: str) -> str:
 def libpq_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     return scheme.split("+", 1)[0] + "://" + rest
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def percentile(values: Sequence[float], q: float) -> float:

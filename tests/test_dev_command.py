@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port
+from shared.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0

@@ -10,8 +10,8 @@ import sys
 
 import httpx
 
+from shared.embedded import free_port
 from tests.conftest import Env
-from tests.servers import free_port
 from tests.waiting import eventually
 
 
