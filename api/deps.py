@@ -22,7 +22,7 @@ from shared.auth.keys import KeyMaterial, parse_token
 from shared.auth.service import Principal, authenticate
 from shared.db.connection import Connection
 from shared.db.database import Database
-from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.db.unit_of_work import Actor, NewJob, UnitOfWork
 from shared.errors import DomainError, Forbidden, Unauthenticated
 from shared.queue import Queue
 from shared.settings import Settings
@@ -152,9 +152,10 @@ class MutationDependency:
     """What ``mutates(scope)`` puts in an endpoint's signature: the ``Mutation`` that
     ``MutationRoute`` opened for the request. It carries the route's scope and options."""
 
-    def __init__(self, scope: str, *, atomic: bool) -> None:
+    def __init__(self, scope: str, *, atomic: bool, at_once: idempotency.AtOnce | None) -> None:
         self.scope = scope
         self.atomic = atomic
+        self.at_once = at_once
 
     async def __call__(self, request: Request) -> Mutation:
         try:
@@ -166,12 +167,14 @@ class MutationDependency:
         return mutation
 
 
-def mutates(scope: str, *, atomic: bool = False) -> Any:
+def mutates(scope: str, *, atomic: bool = False, at_once: idempotency.AtOnce | None = None) -> Any:
     """Marker for ``Annotated[Mutation, mutates(scope)]`` on an endpoint of a router with
     ``route_class=MutationRoute``, which runs the endpoint as a unit of work (see there).
     ``atomic``: the endpoint's service raises domain errors only before it has written
-    anything, so the work needs no savepoint (a round trip each way)."""
-    return Depends(MutationDependency(scope, atomic=atomic))
+    anything, so the work needs no savepoint (a round trip each way). ``at_once``: the same
+    mutation as one statement, tried first for a valid JSON body (``idempotency.at_once``);
+    the endpoint runs only when that wrote nothing."""
+    return Depends(MutationDependency(scope, atomic=atomic, at_once=at_once))
 
 
 def _bearer_token(header: str | None) -> str | None:
@@ -223,21 +226,26 @@ class MutationRoute(APIRoute):
             **(self.openapi_extra or {}),
             **_mutation_openapi(spec.scope, self.methods or set()),
         }
-        endpoint = self._direct_endpoint(inner)
+        validate = self._body_validator()
+        endpoint = inner if validate is None else self._direct_endpoint(inner, validate)
+        at_once = None
+        if spec.at_once is not None:
+            if validate is None:
+                raise TypeError(f"{self.name}: at_once needs an endpoint taking only a JSON body")
+            if spec.at_once.scope != spec.scope:
+                raise TypeError(f"{self.name}: at_once is for {spec.at_once.scope}")
+            at_once = _AtOnceRunner(spec.at_once, validate)
 
         async def handle(request: Request) -> Response:
-            return await _run_mutation(request, spec, endpoint)
+            return await _run_mutation(request, spec, endpoint, at_once)
 
         return handle
 
-    def _direct_endpoint(
-        self, inner: Callable[[Request], Coroutine[Any, Any, Response]]
-    ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def _body_validator(self) -> BodyValidator | None:
         """For an endpoint taking only a JSON body and the mutation (restock and the like):
-        parse and validate the body as FastAPI does (its own field, so the same rules), then
-        call the endpoint directly — FastAPI's per-request handler machinery measured ~8 % of
-        a restock. Anything else (no body, another content type, invalid JSON, validation
-        errors) goes through FastAPI's handler, which answers exactly as it always does."""
+        the body parsed and validated as FastAPI does (its own field, so the same rules), or
+        ``INVALID`` for anything FastAPI must answer itself (no body, another content type,
+        invalid JSON, validation errors). ``None`` for other endpoints."""
         dependant = self.dependant
         field = self.body_field
         if (
@@ -250,30 +258,82 @@ class MutationRoute(APIRoute):
             or dependant.cookie_params
             or self._embed_body_fields
         ):
-            return inner
+            return None
+
+        def validate(raw: bytes, content_type: str) -> Any:
+            if raw and _is_json(content_type):
+                try:
+                    value, errors = field.validate(json.loads(raw), {}, loc=("body",))
+                except Exception:  # invalid JSON, nesting too deep...: FastAPI's answer
+                    return INVALID
+                if not errors:
+                    return value
+            return INVALID
+
+        return validate
+
+    def _direct_endpoint(
+        self, inner: Callable[[Request], Coroutine[Any, Any, Response]], validate: BodyValidator
+    ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """Call the endpoint directly with the validated body — FastAPI's per-request handler
+        machinery measured ~8 % of a restock — or through FastAPI's handler, which answers
+        an invalid body exactly as it always does."""
+        dependant = self.dependant
         call = dependant.call
         body_name = dependant.body_params[0].name
         mutation_name = dependant.dependencies[0].name
         assert call is not None and mutation_name is not None
 
         async def direct(request: Request) -> Response:
-            raw = await request.body()
-            content_type = request.headers.get("content-type", "")
-            if raw and _is_json(content_type):
-                try:
-                    value, errors = field.validate(json.loads(raw), {}, loc=("body",))
-                except Exception:  # invalid JSON, nesting too deep...: FastAPI's answer
-                    return await inner(request)
-                if not errors:
-                    response = await call(
-                        **{body_name: value, mutation_name: request.scope[_MUTATION]}
-                    )
-                    if not isinstance(response, Response):
-                        raise TypeError(f"{call.__name__} must return a Response (m.respond)")
-                    return response
-            return await inner(request)
+            value = validate(await request.body(), request.headers.get("content-type", ""))
+            if value is INVALID:
+                return await inner(request)
+            response = await call(**{body_name: value, mutation_name: request.scope[_MUTATION]})
+            if not isinstance(response, Response):
+                raise TypeError(f"{call.__name__} must return a Response (m.respond)")
+            return response
 
         return direct
+
+
+INVALID: Any = object()
+"""What a ``BodyValidator`` returns for a body that FastAPI's own handler must answer."""
+BodyValidator = Callable[[bytes, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _AtOnceRunner:
+    """Runs a route's ``at_once`` statement: the mutation's answer, or ``None`` when it wrote
+    nothing and the general way must run."""
+
+    mutation: idempotency.AtOnce
+    validate: BodyValidator
+
+    async def __call__(
+        self,
+        request: Request,
+        state: AppState,
+        material: KeyMaterial,
+        key: str | None,
+        print_: bytes,
+        raw: bytes,
+    ) -> Response | None:
+        value = self.validate(raw, request.headers.get("content-type", ""))
+        if value is INVALID:
+            return None
+        params = self.mutation.params(
+            value, getattr(request.state, "request_id", None), state.settings.job_max_tries
+        )
+        async with state.db.acquire() as conn:
+            done = await idempotency.run_at_once(conn, self.mutation, params, material, key, print_)
+        if done is None:
+            return None
+        request.state.principal = done.principal
+        if done.job_id is not None and self.mutation.job_kind is not None:
+            await _dispatch(state, [NewJob(id=done.job_id, kind=self.mutation.job_kind)])
+        return Response(
+            done.body, status_code=self.mutation.status_code, media_type="application/json"
+        )
 
 
 def _is_json(content_type: str) -> bool:
@@ -287,6 +347,7 @@ async def _run_mutation(
     request: Request,
     spec: MutationDependency,
     endpoint: Callable[[Request], Coroutine[Any, Any, Response]],
+    at_once: _AtOnceRunner | None,
 ) -> Response:
     state: AppState = request.app.state.stockroom
     headers = request.headers
@@ -304,6 +365,10 @@ async def _run_mutation(
         raise HTTPException(400, "There was an error parsing the body") from exc
     key = headers.get("idempotency-key") if request.method == "POST" else None
     print_ = idempotency.fingerprint(request.method, request.url.path, raw) if key else b""
+    if at_once is not None:
+        answer = await at_once(request, state, material, key, print_, raw)
+        if answer is not None:
+            return answer
     try:
         response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
     except idempotency.KeyStoredMeanwhile:
@@ -311,7 +376,7 @@ async def _run_mutation(
         # before we took the key's lock: our work was rolled back. Its answer is visible now.
         response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
     if uow is not None and uow.new_jobs:
-        await _dispatch(state, uow)
+        await _dispatch(state, uow.new_jobs)
     return response
 
 
@@ -379,7 +444,7 @@ async def _unit_of_work(
     return response, uow
 
 
-async def _dispatch(state: AppState, uow: UnitOfWork) -> None:
-    for job in uow.new_jobs:
+async def _dispatch(state: AppState, jobs: list[NewJob]) -> None:
+    for job in jobs:
         metrics.JOBS_ENQUEUED.labels(job.kind).inc()
-    await state.queue.dispatch(uow.new_jobs)
+    await state.queue.dispatch(jobs)

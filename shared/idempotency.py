@@ -9,9 +9,13 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from shared.auth.keys import KeyMaterial, hash_secret
+import asyncpg
+
+from shared.auth.keys import KeyMaterial, Scope, hash_secret
 from shared.auth.service import Principal
 from shared.db.connection import Connection
 from shared.errors import (
@@ -168,3 +172,121 @@ async def purge_expired(conn: Connection, batch: int = 5000) -> int:
         batch,
     )
     return int(result.split()[-1])
+
+
+# --- a whole mutation in one statement ----------------------------------------------------------
+
+_CONTENT_TYPE_JSON = '{"content-type": "application/json"}'
+
+
+@dataclass(frozen=True, slots=True)
+class AtOnce:
+    """A mutation whose happy path is a single statement: the caller's key, the
+    Idempotency-Key's lock and record, the work and the storing of its answer, committed
+    together by the statement's own implicit transaction (one round trip instead of BEGIN,
+    open, work, store, COMMIT).
+
+    Built by ``at_once``; ``params`` gives the work's parameters from the validated body. The
+    statement writes only when everything is in order: a known key with the scope, and an
+    Idempotency-Key that is free (no record at all, not even an expired one, and not locked).
+    Otherwise it writes nothing and the caller runs the mutation the general way, which gives
+    every other answer (401, 403, 409, 422, a replay, or a domain error and its record)."""
+
+    scope: str
+    sql: str
+    status_code: int
+    params: Callable[[Any, str | None, int], Sequence[Any]]
+    job_kind: str | None
+
+
+def at_once(
+    scope: str,
+    work: str,
+    work_params: int,
+    answer: str,
+    status_code: int,
+    params: Callable[[Any, str | None, int], Sequence[Any]],
+    job_kind: str | None = None,
+) -> AtOnce:
+    """Compose the statement, for a caller with ``scope``.
+
+    ``work``: data-modifying CTEs (``name AS (...), ...``) whose parameters are ``$1`` to
+    ``$<work_params>`` and which read the caller from a CTE ``actor`` (``key_id``,
+    ``key_name``): no row there means nothing may be written. ``answer``: a CTE ``answer``
+    of one row when the work is done, with ``body`` (the response's JSON text) and ``job_id``
+    (the outbox job of kind ``job_kind`` the work wrote, or NULL). ``params(body, request_id,
+    job_max_tries)``: the work's parameters."""
+    n = work_params
+    prefix, secret_hash, key, lock, print_ = (f"${n + i}" for i in range(1, 6))
+    grants = "ARRAY[" + ", ".join(f"'{s}'" for s in granting(scope)) + "]"
+    sql = f"""
+WITH caller AS (
+    SELECT k.id, k.name, k.scopes,
+           CASE WHEN {key}::text IS NULL THEN true
+                ELSE pg_try_advisory_xact_lock({lock}::bigint) END AS locked
+    FROM api_keys k
+    WHERE k.prefix = {prefix}::text AND k.revoked_at IS NULL
+      AND k.secret_hash = {secret_hash}::bytea
+), actor AS (
+    SELECT c.id AS key_id, c.name AS key_name FROM caller c
+    WHERE c.locked AND c.scopes && {grants}
+      AND NOT EXISTS (
+          SELECT FROM idempotency_keys s WHERE s.api_key_id = c.id AND s.key = {key}::text)
+), {work}, {answer}, stored AS (
+    INSERT INTO idempotency_keys (api_key_id, key, fingerprint, status_code, headers, body)
+    SELECT actor.key_id, {key}::text, {print_}::bytea, {status_code},
+           '{_CONTENT_TYPE_JSON}'::jsonb, convert_to(answer.body, 'UTF8')
+    FROM actor, answer WHERE {key}::text IS NOT NULL
+)
+SELECT actor.key_id, actor.key_name, caller.scopes, answer.body, answer.job_id
+FROM actor, caller, answer
+"""
+    return AtOnce(scope, sql, status_code, params, job_kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A mutation run at once: its caller, answer (stored under the key) and outbox job."""
+
+    principal: Principal
+    body: bytes
+    job_id: uuid.UUID | None
+
+
+def granting(scope: str) -> list[str]:
+    """The scopes any one of which allows ``scope`` (``Principal.allows``)."""
+    return [scope, Scope.admin.value]
+
+
+async def run_at_once(
+    conn: Connection,
+    mutation: AtOnce,
+    work_params: Sequence[Any],
+    material: KeyMaterial,
+    key: str | None,
+    print_: bytes,
+) -> Done | None:
+    """Run ``mutation``'s statement on ``conn`` (outside a transaction: the statement is one).
+    ``None``: nothing was written; run the mutation the general way."""
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        return None
+    try:
+        row = await conn.fetchrow(
+            mutation.sql,
+            *work_params,
+            material.prefix,
+            hash_secret(material.secret),
+            key,
+            lock_id(material.prefix, key) if key is not None else 0,
+            print_ if key is not None else None,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.table_name != "idempotency_keys":
+            raise
+        # the key's record committed after this statement's snapshot and before its lock
+        # (see ``_OPEN_SQL``): the statement is undone; the general way replays that record
+        return None
+    if row is None:
+        return None
+    principal = Principal(key_id=row[0], name=row[1], scopes=frozenset(row[2]))
+    return Done(principal, row[3].encode(), row[4])

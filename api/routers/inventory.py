@@ -33,8 +33,11 @@ router = APIRouter(route_class=MutationRoute, prefix="/inventory", tags=["invent
 
 InventoryRead = Annotated[Principal, requires(Scope.inventory_read)]
 InventoryWrite = Annotated[Mutation, mutates(Scope.inventory_write)]
-# restock writes in one statement, or nothing before it raises: no savepoint needed
-InventoryWriteAtomic = Annotated[Mutation, mutates(Scope.inventory_write, atomic=True)]
+# restock writes in one statement, or nothing before it raises: no savepoint needed; and its
+# happy path, with the key's handling, is that one statement
+InventoryRestock = Annotated[
+    Mutation, mutates(Scope.inventory_write, atomic=True, at_once=service.RESTOCK_AT_ONCE)
+]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 CONFLICTS: dict[int | str, dict[str, Any]] = {
     409: {"description": "Archived product, insufficient stock, or duplicate"}
@@ -55,7 +58,7 @@ async def list_locations(
 
 
 @router.post("/restock", status_code=201, response_model=RestockResult, responses=CONFLICTS)
-async def restock(body: RestockLine, m: InventoryWriteAtomic) -> Response:
+async def restock(body: RestockLine, m: InventoryRestock) -> Response:
     """Receive stock at a location (default `MAIN`). Send an `Idempotency-Key`: a retried
     request then returns the first answer and counts nothing twice."""
     return await m.respond(201, await service.restock(m.uow, body))

@@ -98,13 +98,16 @@ class StockLevel(BaseModel):
     updated_at: datetime
 
 
+JOB_PATH = "/api/v1/jobs/"
+
+
 class JobLink(BaseModel):
     id: uuid.UUID
     status_url: str
 
     @classmethod
     def for_job(cls, job_id: uuid.UUID) -> JobLink:
-        return cls(id=job_id, status_url=f"/api/v1/jobs/{job_id}")
+        return cls(id=job_id, status_url=f"{JOB_PATH}{job_id}")
 
 
 class RestockResult(BaseModel):

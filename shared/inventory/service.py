@@ -13,8 +13,11 @@ from typing import Any
 import asyncpg
 from sqlalchemy import select
 
+from shared import idempotency
 from shared.alerts.low_stock import check_crossing
-from shared.audit.events import AUDIT_JOB_INSERT, event_payload, record_event
+from shared.audit.events import AUDIT_JOB_INSERT, record_event
+from shared.auth.keys import Scope
+from shared.db import json_text
 from shared.db.connection import Connection
 from shared.db.database import compile_query
 from shared.db.models import Location as LocationRow
@@ -29,6 +32,7 @@ from shared.errors import (
     UnprocessableReference,
 )
 from shared.inventory.schemas import (
+    JOB_PATH,
     Adjustment,
     AdjustmentResult,
     BatchResult,
@@ -123,57 +127,123 @@ _LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 
 # --- restock -----------------------------------------------------------------------------------
 
-# One statement: resolve, upsert the level, append the ledger row, write the audit event (its
-# payload completed with the movement's id). The CTEs see no row when the SKU or location is
-# unknown (or the product archived): nothing is written, and the caller then says which.
+# The work of a restock, as CTEs reading the caller from ``actor``: resolve, upsert the level,
+# append the ledger row, write the audit event (``shared.audit.events.event_payload``'s shape,
+# built here, where the movement's id and the caller are known). No row when the SKU or
+# location is unknown (or the product archived): nothing is written, and the general way then
+# says which. $1 sku, $2 location code, $3 quantity, $4 reference, $5 note, $6 request id,
+# $7 the job's max attempts.
 _RESTOCK_EVENT = AUDIT_JOB_INSERT.format(
-    payload="jsonb_set($8::jsonb, '{payload,movement_id}', to_jsonb(movement.id))",
-    max_attempts="$9",
-    request_id="$7",
-    actor_key_id="$6",
-    source="movement",
+    payload="""jsonb_build_object(
+        'action', 'inventory.restocked', 'subject', 'product:' || $1::text,
+        'skus', jsonb_build_array($1::text),
+        'payload', jsonb_build_object(
+            'sku', $1::text, 'quantity', $3::bigint, 'location_code', $2::text,
+            'reference', $4::text, 'note', $5::text, 'movement_id', movement.id),
+        'actor', jsonb_build_object('key_id', actor.key_id::text, 'name', actor.key_name))""",
+    max_attempts="$7",
+    request_id="$6",
+    actor_key_id="actor.key_id",
+    source="movement, actor",
 )
-_RESTOCK = f"""
-WITH target AS (
+_RESTOCK_WORK = f"""
+target AS (
     SELECT p.id AS product_id, l.id AS location_id
-    FROM products p, locations l
+    FROM actor, products p, locations l
     WHERE p.sku = $1 AND p.archived_at IS NULL AND l.code = $2
 ), level AS (
     INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
-    SELECT product_id, location_id, $3, now() FROM target
+    SELECT product_id, location_id, $3::bigint, now() FROM target
     ON CONFLICT (product_id, location_id)
     DO UPDATE SET quantity = s.quantity + excluded.quantity, updated_at = excluded.updated_at
     RETURNING product_id, location_id, quantity, updated_at
 ), movement AS (
     INSERT INTO movements
         (product_id, location_id, delta, reason, reference, note, actor_key_id, request_id)
-    SELECT product_id, location_id, $3, 'restock', $4, $5, $6, $7 FROM level
+    SELECT level.product_id, level.location_id, $3::bigint, 'restock', $4::text, $5::text,
+           actor.key_id, $6::text
+    FROM level, actor
     RETURNING id, created_at
-), event AS ({_RESTOCK_EVENT})
+), event AS ({_RESTOCK_EVENT})"""
+_RESTOCK_PARAMS = 7
+
+# Inside a unit of work: the caller as parameters.
+_RESTOCK = f"""
+WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}
 SELECT movement.id, movement.created_at, level.quantity, level.updated_at, event.id AS job_id
 FROM level, movement, event
 """
 
-
-async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
-    event = event_payload(
-        uow.actor,
-        "inventory.restocked",
-        f"product:{line.sku}",
-        [line.sku],
-        {**line.model_dump(mode="json"), "movement_id": None},
+# The answer as ``RestockResult`` serialises it, for the statement that does it all at once.
+_RESTOCK_ANSWER = (
+    "answer AS (SELECT {body} AS body, event.id AS job_id FROM level, movement, event)"
+)
+_RESTOCK_ANSWER = _RESTOCK_ANSWER.format(
+    body=json_text.obj(
+        (
+            "movement",
+            json_text.obj(
+                ("id", json_text.number("movement.id")),
+                ("sku", json_text.string("$1")),
+                ("location_code", json_text.string("$2")),
+                ("delta", json_text.number("$3")),
+                ("reason", json_text.constant("restock")),
+                ("reference", json_text.string("$4")),
+                ("created_at", json_text.timestamp("movement.created_at")),
+            ),
+        ),
+        (
+            "stock",
+            json_text.obj(
+                ("sku", json_text.string("$1")),
+                ("location_code", json_text.string("$2")),
+                ("quantity", json_text.number("level.quantity")),
+                ("updated_at", json_text.timestamp("level.updated_at")),
+            ),
+        ),
+        (
+            "audit_job",
+            json_text.obj(
+                ("id", json_text.uuid("event.id")),
+                ("status_url", json_text.string(f"'{JOB_PATH}' || event.id")),
+            ),
+        ),
     )
-    row = await uow.conn.fetchrow(
-        _RESTOCK,
+)
+
+
+def _restock_params(
+    line: RestockLine, request_id: str | None, job_max_tries: int
+) -> tuple[Any, ...]:
+    return (
         line.sku,
         line.location_code,
         line.quantity,
         line.reference,
         line.note,
+        request_id,
+        job_max_tries,
+    )
+
+
+RESTOCK_AT_ONCE = idempotency.at_once(
+    Scope.inventory_write,
+    _RESTOCK_WORK,
+    _RESTOCK_PARAMS,
+    _RESTOCK_ANSWER,
+    201,
+    _restock_params,
+    JobKind.audit.value,
+)
+"""``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``)."""
+
+
+async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
+    row = await uow.conn.fetchrow(
+        _RESTOCK,
+        *_restock_params(line, uow.actor.request_id, uow.job_max_tries),
         uow.actor.key_id,
-        uow.actor.request_id,
-        event,
-        uow.job_max_tries,
+        uow.actor.key_name,
     )
     if row is None:
         await _resolve(uow.conn, [(line.sku, line.location_code)], [_LINE_FIELDS])

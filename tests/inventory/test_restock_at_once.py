@@ -1,0 +1,175 @@
+"""``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``): the happy
+path is a single round trip; its answer is the model's; anything else falls back to the
+general way, which the other inventory tests hold to SPEC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from shared import idempotency
+from shared.auth.keys import parse_token
+from shared.db.database import Database
+from shared.inventory import service
+from shared.inventory.schemas import JobLink, Movement, RestockLine, RestockResult, StockLevel
+from tests.inventory.helpers import RESTOCK, make_product, snapshot
+from tests.waiting import eventually
+
+
+@pytest.fixture
+async def statements(app: Any) -> AsyncIterator[list[str]]:
+    """Every statement the app's pool connections send while the test runs."""
+    sent: list[str] = []
+
+    def record(query: Any) -> None:
+        sent.append(query.query)
+
+    pool = app.state.stockroom.db.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    for conn in held:
+        conn.add_query_logger(record)
+    for conn in held:
+        await pool.release(conn)
+    yield sent
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    for conn in held:
+        conn.remove_query_logger(record)
+    for conn in held:
+        await pool.release(conn)
+
+
+async def settled(sent: list[str]) -> list[str]:
+    # asyncpg calls query loggers with call_soon: let them run
+    await asyncio.sleep(0)
+    return list(sent)
+
+
+async def test_a_keyed_restock_is_one_statement(
+    client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
+) -> None:
+    await make_product(client, admin, "ONE-1")
+    await settled(statements)
+    statements.clear()
+    r = await client.post(
+        RESTOCK, json={"sku": "ONE-1", "quantity": 3}, headers={**admin, "Idempotency-Key": "k1"}
+    )
+    assert r.status_code == 201, r.text
+    sent = await settled(statements)
+    assert len(sent) == 1, sent
+    assert "idempotency_keys" in sent[0] and "stock_levels" in sent[0]
+    statements.clear()
+    # without a key too
+    r = await client.post(RESTOCK, json={"sku": "ONE-1", "quantity": 3}, headers=admin)
+    assert r.status_code == 201
+    assert len(await settled(statements)) == 1
+    statements.clear()
+    # a replay: the statement writes nothing, and the general way answers
+    again = await client.post(
+        RESTOCK, json={"sku": "ONE-1", "quantity": 3}, headers={**admin, "Idempotency-Key": "k1"}
+    )
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(await settled(statements)) > 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"reference": 'PO "7" \\ é\n\x01 😀', "note": "a note"},
+        {"reference": "x" * 10, "location_code": "MAIN"},
+    ],
+)
+async def test_the_answer_is_the_models(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database, extra: dict[str, Any]
+) -> None:
+    await make_product(client, admin, "ANS-1")
+    body = {"sku": "ANS-1", "quantity": 7, **extra}
+    r = await client.post(RESTOCK, json=body, headers={**admin, "Idempotency-Key": "ans"})
+    assert r.status_code == 201, r.text
+    async with db.pool.acquire() as conn:
+        moved = await conn.fetchrow("SELECT id, created_at, reference FROM movements")
+        level = await conn.fetchrow("SELECT quantity, updated_at FROM stock_levels")
+        job = await conn.fetchrow(
+            "SELECT id, payload FROM jobs WHERE payload->>'action' = 'inventory.restocked'"
+        )
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
+    line = RestockLine.model_validate(body)
+    expected = RestockResult(
+        movement=Movement(
+            id=moved["id"],
+            sku=line.sku,
+            location_code=line.location_code,
+            delta=line.quantity,
+            reason="restock",
+            reference=line.reference,
+            created_at=moved["created_at"],
+        ),
+        stock=StockLevel(
+            sku=line.sku,
+            location_code=line.location_code,
+            quantity=level["quantity"],
+            updated_at=level["updated_at"],
+        ),
+        audit_job=JobLink.for_job(job["id"]),
+    )
+    assert r.content == expected.model_dump_json().encode()
+    assert r.headers["content-type"] == "application/json"
+    assert moved["reference"] == line.reference
+    # the audit event names the caller and the movement, as every other event does
+    assert job["payload"]["actor"] == {"key_id": str(key_id), "name": "admin"}
+    assert job["payload"]["payload"]["movement_id"] == moved["id"]
+    assert job["payload"]["payload"]["note"] == line.note
+
+
+async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
+    """The statement's snapshot predates its writes; a record of the same key committed in
+    between (by a request that, unlike this one, took no lock: the widest window) meets the
+    key's unique index: the whole statement is undone and ``None`` sends the caller the
+    general way, which replays that record."""
+    await make_product(client, admin, "RACE-1")
+    material = parse_token(admin["Authorization"].removeprefix("Bearer "))
+    assert material is not None
+    line = RestockLine(sku="RACE-1", quantity=5)
+    before = await snapshot(db)
+    async with db.pool.acquire() as holder, db.pool.acquire() as conn:
+        key_id = await holder.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute(
+            "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, status_code, headers,"
+            " body) VALUES ($1, 'race', '\\x00', 201, '{}', '\\x7b7d')",
+            key_id,
+        )
+        run = asyncio.create_task(
+            idempotency.run_at_once(
+                conn,
+                service.RESTOCK_AT_ONCE,
+                service.RESTOCK_AT_ONCE.params(line, None, 5),
+                material,
+                "race",
+                b"\x01",
+            )
+        )
+
+        async def blocked_on_the_key() -> bool:
+            waiting = await holder.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+            )
+            return bool(waiting == "Lock")
+
+        await eventually(blocked_on_the_key)
+        await tx.commit()
+        assert await run is None
+    after = await snapshot(db)
+    assert (after.levels, after.movements, after.jobs) == (
+        before.levels,
+        before.movements,
+        before.jobs,
+    )
