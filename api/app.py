@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await Database.connect(
-            database_url, pool_size=settings.db_pool_size, session=API_SESSION
+            database_url, pool_size=settings.db_pool_size, session=API_SESSION, parking=True
         )
         queue = Queue.from_url(redis_url, settings.queue_name)
         app.state.stockroom = AppState(settings=settings, db=db, queue=queue)

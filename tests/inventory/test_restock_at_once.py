@@ -5,6 +5,7 @@ general way, which the other inventory tests hold to SPEC."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,18 +29,17 @@ async def statements(app: Any) -> AsyncIterator[list[str]]:
     def record(query: Any) -> None:
         sent.append(query.query)
 
-    pool = app.state.stockroom.db.pool
-    held = [await pool.acquire() for _ in range(pool.get_max_size())]
-    for conn in held:
-        conn.add_query_logger(record)
-    for conn in held:
-        await pool.release(conn)
+    db = app.state.stockroom.db
+
+    async def every_connection(action: Any) -> None:
+        # all of them at once: every connection a request may get, parked or the pool's
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(db.slots._value):
+                action(await stack.enter_async_context(db.acquire()))
+
+    await every_connection(lambda conn: conn.add_query_logger(record))
     yield sent
-    held = [await pool.acquire() for _ in range(pool.get_max_size())]
-    for conn in held:
-        conn.remove_query_logger(record)
-    for conn in held:
-        await pool.release(conn)
+    await every_connection(lambda conn: conn.remove_query_logger(record))
 
 
 async def settled(sent: list[str]) -> list[str]:
