@@ -308,6 +308,13 @@ class Bench:
         finally:
             await conn.close()
 
+    async def _vacuum(self) -> None:
+        conn = await asyncpg.connect(libpq_url(self.db_url))
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+        finally:
+            await conn.close()
+
     async def _units(self) -> int:
         conn = await asyncpg.connect(libpq_url(self.db_url))
         try:
@@ -344,6 +351,10 @@ class Bench:
         created = json.loads(out.strip().splitlines()[-1])
         self.api_key, self.api_key_id = created["key"], created["id"]
         self.baseline_units = asyncio.run(self._units())
+        # as pgbench does before a run: autovacuum would otherwise work off the seed's fresh
+        # tables in the middle of the measured runs
+        log("VACUUM ANALYZE")
+        asyncio.run(self._vacuum())
         log(f"seeded {self.args.products} products (SKUs {self.sku_prefix}0000000...)")
 
     def start_api(self) -> None:
@@ -390,7 +401,8 @@ class Bench:
         conn = await asyncpg.connect(libpq_url(self.admin_url))
         try:
             rows = await conn.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1"
+                " AND application_name = 'stockroom-api'",
                 self.db_name,
             )
             return [int(r["pid"]) for r in rows]
