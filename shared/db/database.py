@@ -89,12 +89,7 @@ class _Checkout:
         db, conn = self._db, self._conn
         assert conn is not None
         try:
-            if (
-                db.parking
-                and exc_type is None
-                and usable(conn)
-                and not conn.is_in_transaction()
-            ):
+            if db.parking and exc_type is None and usable(conn) and not conn.is_in_transaction():
                 db.parked.append(conn)
             else:
                 # an error or a cancellation may leave it mid-query: the pool's release
