@@ -16,6 +16,7 @@ from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.routers import audit, catalog, health, inventory, jobs, ops, reports
 from shared.db.database import Database
+from shared.logs import ACCESS_LOG
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            ACCESS_LOG.flush()
             await queue.close()
             await db.close()
 

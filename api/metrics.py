@@ -22,10 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import StateDep
 from shared import metrics
 from shared.jobs import service as jobs
+from shared.logs import ACCESS_LOG, request_id_var
 
 router = APIRouter(tags=["ops"])
 log = logging.getLogger("stockroom.api")
-access_log = logging.getLogger("stockroom.access")
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -60,7 +60,7 @@ def _registry() -> CollectorRegistry:
 
 class MetricsMiddleware:
     """Counts and times requests by route template (not raw path: bounded label sets), and
-    writes the access log line."""
+    writes the access log line (``shared.logs.AccessLog``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,10 +99,11 @@ class MetricsMiddleware:
             elapsed = time.perf_counter() - started
             metrics.HTTP_REQUESTS.labels(method, label, str(status)).inc()
             metrics.HTTP_LATENCY.labels(method, label).observe(elapsed)
-            access_log.info(
-                "%s %s %s",
+            ACCESS_LOG.write(
                 method,
                 scope["path"],
                 status,
-                extra={"route": label, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+                label,
+                round(elapsed * 1000, 2),
+                request_id_var.get(),
             )

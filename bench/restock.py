@@ -516,7 +516,7 @@ class Bench:
         spy = subprocess.Popen(
             [
                 *(pyspy, "record", "--pid", str(self.api.pid), "--subprocesses"),
-                *("--nonblocking", "--rate", "250", "--duration", str(self.args.duration)),
+                *("--rate", "250", "--duration", str(self.args.duration)),
                 *("--format", "raw", "--output", str(raw)),
             ],
             stdout=subprocess.DEVNULL,
