@@ -34,7 +34,7 @@ async def statements(app: Any) -> AsyncIterator[list[str]]:
     async def every_connection(action: Any) -> None:
         # all of them at once: every connection a request may get, parked or the pool's
         async with contextlib.AsyncExitStack() as stack:
-            for _ in range(db.slots._value):
+            for _ in range(app.state.stockroom.settings.db_pool_size):
                 action(await stack.enter_async_context(db.acquire()))
 
     await every_connection(lambda conn: conn.add_query_logger(record))
