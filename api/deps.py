@@ -209,7 +209,9 @@ class MutationRoute(APIRoute):
     endpoint runs (see ``_direct_endpoint``); its response is stored under the key; commit;
     then the outbox's jobs are dispatched. With a key, a domain error is stored while the
     key's lock is still held: the work runs in a savepoint that the error rolls back (unless
-    ``atomic``). Other endpoints of the router are served as usual."""
+    ``atomic``). With ``mutates(..., at_once=...)``, a valid JSON body is first tried as that one
+statement (``idempotency.at_once``), and all of the above runs only when it wrote nothing.
+Other endpoints of the router are served as usual."""
 
     def _mutation_dependency(self) -> MutationDependency | None:
         found = [
