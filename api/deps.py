@@ -201,17 +201,17 @@ def _mutation_openapi(scope: str, methods: set[str]) -> dict[str, Any]:
 
 class MutationRoute(APIRoute):
     """A route whose endpoint asks for ``mutates(scope)`` runs as one unit of work, with no
-        dependency machinery on the hot path:
+    dependency machinery on the hot path:
 
-        one connection, one transaction; its first statement authenticates the caller (401, 403
-        — before the body is validated) and claims the Idempotency-Key (``idempotency.
-        open_mutation``: a stored answer is replayed at once); the body is validated and the
-        endpoint runs (see ``_direct_endpoint``); its response is stored under the key; commit;
-        then the outbox's jobs are dispatched. With a key, a domain error is stored while the
-        key's lock is still held: the work runs in a savepoint that the error rolls back (unless
-        ``atomic``). With ``mutates(..., at_once=...)``, a valid JSON body is first tried as that one
-    statement (``idempotency.at_once``), and all of the above runs only when it wrote nothing.
-    Other endpoints of the router are served as usual."""
+    one connection, one transaction; its first statement authenticates the caller (401, 403
+    — before the body is validated) and claims the Idempotency-Key (``idempotency.
+    open_mutation``: a stored answer is replayed at once); the body is validated and the
+    endpoint runs (see ``_direct_endpoint``); its response is stored under the key; commit;
+    then the outbox's jobs are dispatched. With a key, a domain error is stored while the
+    key's lock is still held: the work runs in a savepoint that the error rolls back (unless
+    ``atomic``). With ``mutates(..., at_once=...)``, a valid JSON body is first tried as that
+    one statement (``idempotency.at_once``), and all of the above runs only when it wrote
+    nothing. Other endpoints of the router are served as usual."""
 
     def _mutation_dependency(self) -> MutationDependency | None:
         found = [
