@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import pytest
 
 from api.app import create_app
 from shared.db.database import Database
+from shared.db.unit_of_work import Actor, UnitOfWork
+from shared.jobs.kinds import JobKind
+from shared.jobs.outbox import create_job
 from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver, serve
@@ -93,6 +97,16 @@ async def make_low_stock_job(
     items: list[dict[str, Any]] = jobs.json()["items"]  # newest first
     assert len(items) == expect, items
     return str(items[0]["id"])
+
+
+async def create_low_stock_jobs(db: Database, *skus: str) -> list[uuid.UUID]:
+    """A ``stock.low`` webhook job per SKU, committed together (written as the API writes them)."""
+    async with db.transaction() as conn:
+        uow = UnitOfWork(conn, Actor.system())
+        return [
+            await create_job(uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": s}}, 5)
+            for s in skus
+        ]
 
 
 async def wait_complete(db: Database, job_id: object, timeout: float, what: str) -> None:

@@ -15,23 +15,13 @@ from typing import Any
 import httpx
 
 from shared.db.database import Database
-from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job
 from shared.queue import Queue
 from tests.conftest import Env
 from tests.waiting import eventually
+from tests.worker_support import create_low_stock_jobs
 from worker.context import WorkerContext
 from worker.jobs import Handler, JobDrain, JobRun
-
-
-async def insert(db: Database, *skus: str) -> list[uuid.UUID]:
-    async with db.transaction() as conn:
-        uow = UnitOfWork(conn, Actor.system())
-        return [
-            await create_job(uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": s}}, 5)
-            for s in skus
-        ]
 
 
 async def leases(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
@@ -90,7 +80,7 @@ async def test_leases_are_renewed_while_handlers_hold_every_pooled_connection(
         drain,
         _,
     ):
-        ids = await insert(db, "HOLD", "QUICK")
+        ids = await create_low_stock_jobs(db, "HOLD", "QUICK")
         drain.wake()
         await asyncio.wait_for(holding.wait(), 10)
 
@@ -124,7 +114,7 @@ async def test_a_stop_does_not_wait_for_a_pooled_connection(env: Env, db: Databa
     async with running_drain(
         env, holding_handler(holding, release), release, pool_size=1, grace_seconds=1
     ) as (drain, own_db):
-        (job_id,) = await insert(db, "HOLD")
+        (job_id,) = await create_low_stock_jobs(db, "HOLD")
         drain.wake()
         await asyncio.wait_for(holding.wait(), 10)
 
@@ -178,7 +168,7 @@ async def test_a_copy_that_cannot_renew_its_lease_stops_before_the_lease_lapses(
     drain = JobDrain(state, {JobKind.webhook.value: handler}, database_url=unreachable)
     drain.start()
     try:
-        (job_id,) = await insert(db, "CUT-OFF")
+        (job_id,) = await create_low_stock_jobs(db, "CUT-OFF")
         await asyncio.wait_for(started.wait(), 10)
         await asyncio.wait_for(stopped.wait(), LEASE_SECONDS + 5)
         assert FENCE_AFTER_SECONDS - 1 <= stopped_after[0] < LEASE_SECONDS, stopped_after

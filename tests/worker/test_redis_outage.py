@@ -15,14 +15,11 @@ import redis
 
 from api.app import create_app
 from shared.db.database import Database
-from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.embedded import free_port
-from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job
 from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import WorkerFactory, wait_complete
+from tests.worker_support import WorkerFactory, create_low_stock_jobs, wait_complete
 
 
 class PrivateRedis:
@@ -144,11 +141,7 @@ async def test_durable_jobs_run_while_redis_is_down(
 
     await eventually(heartbeat, what="the worker's heartbeat")
     private_redis.stop()
-    async with db.transaction() as conn:
-        uow = UnitOfWork(conn, Actor.system())
-        job_id = await create_job(
-            uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": "OUT-2"}}, 5
-        )
+    (job_id,) = await create_low_stock_jobs(db, "OUT-2")
 
     await wait_complete(db, job_id, 20, "the job to complete with Redis down")
     assert receiver.count == 1

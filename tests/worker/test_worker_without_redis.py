@@ -8,13 +8,10 @@ import signal
 from pathlib import Path
 
 from shared.db.database import Database
-from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.embedded import free_port
-from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job
 from tests.conftest import count
 from tests.worker.receiver import Receiver
-from tests.worker_support import WorkerFactory, wait_complete
+from tests.worker_support import WorkerFactory, create_low_stock_jobs, wait_complete
 
 
 async def test_durable_job_completes_in_a_worker_started_without_redis(
@@ -23,11 +20,7 @@ async def test_durable_job_completes_in_a_worker_started_without_redis(
     nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     log = tmp_path / "worker.log"
     worker = start_worker(log_to=log, STOCKROOM_REDIS_URL=nowhere)
-    async with db.transaction() as conn:
-        uow = UnitOfWork(conn, Actor.system())
-        job_id = await create_job(
-            uow, JobKind.webhook, {"type": "stock.low", "data": {"sku": "NOREDIS-1"}}, 5
-        )
+    (job_id,) = await create_low_stock_jobs(db, "NOREDIS-1")
 
     await wait_complete(db, job_id, 20, "the job to complete in a worker without Redis")
     assert receiver.count == 1
