@@ -12,12 +12,12 @@ import os
 import sys
 import time
 from contextvars import ContextVar
-from datetime import UTC, datetime
 
 from shared.settings import LogFormat, Settings
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -31,7 +31,7 @@ class _RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": json_ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -54,7 +54,9 @@ def _split(now: float) -> tuple[int, int]:
 
 
 def json_ts(now: float) -> str:
-    """``JsonFormatter``'s "ts" of a record created at ``now``, without a datetime."""
+    """The "ts" of a line created at ``now`` (``JsonFormatter``'s and the access lines'):
+    ``datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")``, without a
+    datetime per line."""
     seconds, millis = _split(now)
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}+00:00"
 
@@ -104,9 +106,17 @@ class AccessLog:
             }
             line = json.dumps(entry, default=str) + "\n"
         else:
-            seconds, millis = _split(now)  # logging.Formatter's asctime
-            asctime = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(seconds))},{millis:03d}"
-            line = f"{asctime} INFO    stockroom.access [{request_id}] {method} {path} {status}\n"
+            # logging.Formatter's asctime (milliseconds truncated, as LogRecord.msecs is)
+            asctime = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            asctime += f",{int((now - int(now)) * 1000):03d}"
+            fields = {
+                "asctime": asctime,
+                "levelname": "INFO",
+                "name": "stockroom.access",
+                "request_id": request_id,
+                "message": f"{method} {path} {status}",
+            }
+            line = TEXT_FORMAT % fields + "\n"
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.FLUSH_BYTES:
@@ -145,9 +155,7 @@ def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     if settings.effective_log_format is LogFormat.json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
