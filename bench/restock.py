@@ -308,7 +308,7 @@ class Bench:
         finally:
             await conn.close()
 
-    async def _vacuum(self) -> None:
+    async def _prepare_tables(self) -> None:
         conn = await asyncpg.connect(libpq_url(self.db_url))
         try:
             # A day of stored Idempotency-Keys, as a service in steady state holds (they are
@@ -371,7 +371,7 @@ class Bench:
         # as pgbench does before a run: autovacuum would otherwise work off the seed's fresh
         # tables in the middle of the measured runs
         log(f"{self.args.seed_keys} stored Idempotency-Keys; VACUUM ANALYZE")
-        asyncio.run(self._vacuum())
+        asyncio.run(self._prepare_tables())
         log(f"seeded {self.args.products} products (SKUs {self.sku_prefix}0000000...)")
 
     def start_api(self) -> None:
