@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -128,11 +129,15 @@ async def test_durable_jobs_run_while_redis_is_down(
     private_redis: PrivateRedis,
     receiver: Receiver,
     start_worker: WorkerFactory,
+    tmp_path: Path,
 ) -> None:
     """Durable jobs never travel through Redis: a worker keeps claiming and finishing them
     while its ARQ side waits for Redis to come back."""
+    log = tmp_path / "worker.log"
     worker = start_worker(
-        STOCKROOM_REDIS_URL=private_redis.url, STOCKROOM_QUEUE_NAME=env.queue_name + "-outage"
+        log_to=log,
+        STOCKROOM_REDIS_URL=private_redis.url,
+        STOCKROOM_QUEUE_NAME=env.queue_name + "-outage",
     )
     client = redis.Redis(port=private_redis.port)
 
@@ -143,6 +148,13 @@ async def test_durable_jobs_run_while_redis_is_down(
     private_redis.stop()
     (job_id,) = await create_low_stock_jobs(db, "OUT-2")
 
-    await wait_complete(db, job_id, 20, "the job to complete with Redis down")
+    try:
+        await wait_complete(db, job_id, 20, "the job to complete with Redis down")
+    except AssertionError as exc:  # say what the job and the worker were doing
+        async with db.pool.acquire() as conn:
+            job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        tail = "\n".join(log.read_text().splitlines()[-40:])
+        detail = f"job: {dict(job) if job else None}\nworker log:\n{tail}"
+        raise AssertionError(f"{exc}\n{detail}") from exc
     assert receiver.count == 1
     assert worker.poll() is None, "the worker survives a Redis outage"
