@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api import problems
 from api.deps import AppState
+from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
@@ -96,6 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The restock's happy path, before the framework's stack (see api.lanes).
+    app.add_middleware(
+        AtOnceLanes,
+        lanes=at_once_lanes(API_PREFIX, [inventory.router]),
+        max_bytes=settings.max_body_bytes,
+    )
     # Outermost last: the request id wraps the metrics and access log, which log with it.
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)

@@ -177,7 +177,7 @@ def mutates(scope: str, *, atomic: bool = False, at_once: idempotency.AtOnce | N
     return Depends(MutationDependency(scope, atomic=atomic, at_once=at_once))
 
 
-def _bearer_token(header: str | None) -> str | None:
+def bearer_token(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -211,7 +211,9 @@ class MutationRoute(APIRoute):
     key's lock is still held: the work runs in a savepoint that the error rolls back (unless
     ``atomic``). With ``mutates(..., at_once=...)``, a valid JSON body is first tried as that
     one statement (``idempotency.at_once``), and all of the above runs only when it wrote
-    nothing. Other endpoints of the router are served as usual."""
+    nothing; ``api.lanes`` serves that statement before the framework's stack, and hands the
+    request here (marked ``AT_ONCE_TRIED``) when it wrote nothing. Other endpoints of the
+    router are served as usual."""
 
     def _mutation_dependency(self) -> MutationDependency | None:
         found = [
@@ -230,18 +232,25 @@ class MutationRoute(APIRoute):
         }
         validate = self._body_validator()
         endpoint = inner if validate is None else self._direct_endpoint(inner, validate)
-        at_once = None
-        if spec.at_once is not None:
-            if validate is None:
-                raise TypeError(f"{self.name}: at_once needs an endpoint taking only a JSON body")
-            if spec.at_once.scope != spec.scope:
-                raise TypeError(f"{self.name}: at_once is for {spec.at_once.scope}")
-            at_once = _AtOnceRunner(spec.at_once, validate)
+        at_once = self.at_once_runner()
 
         async def handle(request: Request) -> Response:
             return await _run_mutation(request, spec, endpoint, at_once)
 
         return handle
+
+    def at_once_runner(self) -> AtOnceRunner | None:
+        """What runs the route's ``mutates(..., at_once=...)`` statement, if it has one; also
+        served before the framework's stack by ``api.lanes``."""
+        spec = self._mutation_dependency()
+        if spec is None or spec.at_once is None:
+            return None
+        validate = self._body_validator()
+        if validate is None:
+            raise TypeError(f"{self.name}: at_once needs an endpoint taking only a JSON body")
+        if spec.at_once.scope != spec.scope:
+            raise TypeError(f"{self.name}: at_once is for {spec.at_once.scope}")
+        return AtOnceRunner(spec.at_once, validate)
 
     def _body_validator(self) -> BodyValidator | None:
         """For an endpoint taking only a JSON body and the mutation (restock and the like):
@@ -304,38 +313,37 @@ BodyValidator = Callable[[bytes, str], Any]
 
 
 @dataclass(frozen=True, slots=True)
-class _AtOnceRunner:
-    """Runs a route's ``at_once`` statement: the mutation's answer, or ``None`` when it wrote
-    nothing and the general way must run."""
+class AtOnceRunner:
+    """Runs a route's ``at_once`` statement and dispatches its outbox job: the mutation's
+    answer, or ``None`` when it wrote nothing and the general way must run."""
 
     mutation: idempotency.AtOnce
     validate: BodyValidator
 
     async def __call__(
         self,
-        request: Request,
         state: AppState,
+        content_type: str,
+        request_id: str | None,
         material: KeyMaterial,
         key: str | None,
         print_: bytes,
         raw: bytes,
-    ) -> Response | None:
-        value = self.validate(raw, request.headers.get("content-type", ""))
+    ) -> idempotency.Done | None:
+        value = self.validate(raw, content_type)
         if value is INVALID:
             return None
-        params = self.mutation.params(
-            value, getattr(request.state, "request_id", None), state.settings.job_max_tries
-        )
+        params = self.mutation.params(value, request_id, state.settings.job_max_tries)
         async with state.db.acquire() as conn:
             done = await idempotency.run_at_once(conn, self.mutation, params, material, key, print_)
-        if done is None:
-            return None
-        request.state.principal = done.principal
-        if done.job_id is not None and self.mutation.job_kind is not None:
+        if done is not None and done.job_id is not None and self.mutation.job_kind is not None:
             await _dispatch(state, [NewJob(id=done.job_id, kind=self.mutation.job_kind)])
-        return Response(
-            done.body, status_code=self.mutation.status_code, media_type="application/json"
-        )
+        return done
+
+
+AT_ONCE_TRIED = "stockroom.at_once_tried"
+"""Set in the request's scope by ``api.lanes`` when it ran the route's ``at_once`` statement
+and that wrote nothing: the general way then runs without trying it again."""
 
 
 def _is_json(content_type: str) -> bool:
@@ -349,11 +357,11 @@ async def _run_mutation(
     request: Request,
     spec: MutationDependency,
     endpoint: Callable[[Request], Coroutine[Any, Any, Response]],
-    at_once: _AtOnceRunner | None,
+    at_once: AtOnceRunner | None,
 ) -> Response:
     state: AppState = request.app.state.stockroom
     headers = request.headers
-    token = _bearer_token(headers.get("authorization"))
+    token = bearer_token(headers.get("authorization"))
     material = parse_token(token) if token else None
     if material is None:  # before taking a connection
         raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
@@ -367,10 +375,21 @@ async def _run_mutation(
         raise HTTPException(400, "There was an error parsing the body") from exc
     key = headers.get("idempotency-key") if request.method == "POST" else None
     print_ = idempotency.fingerprint(request.method, request.url.path, raw) if key else b""
-    if at_once is not None:
-        answer = await at_once(request, state, material, key, print_, raw)
-        if answer is not None:
-            return answer
+    if at_once is not None and not request.scope.get(AT_ONCE_TRIED):
+        done = await at_once(
+            state,
+            headers.get("content-type", ""),
+            getattr(request.state, "request_id", None),
+            material,
+            key,
+            print_,
+            raw,
+        )
+        if done is not None:
+            request.state.principal = done.principal
+            return Response(
+                done.body, status_code=at_once.mutation.status_code, media_type="application/json"
+            )
     try:
         response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
     except idempotency.KeyStoredMeanwhile:

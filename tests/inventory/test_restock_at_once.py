@@ -48,12 +48,17 @@ async def settled(sent: list[str]) -> list[str]:
     return list(sent)
 
 
+async def cleared(sent: list[str]) -> None:
+    """Forget what was sent so far (the test's set-up)."""
+    await settled(sent)
+    sent.clear()
+
+
 async def test_a_keyed_restock_is_one_statement(
     client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
 ) -> None:
     await make_product(client, admin, "ONE-1")
-    await settled(statements)
-    statements.clear()
+    await cleared(statements)
     r = await client.post(
         RESTOCK, json={"sku": "ONE-1", "quantity": 3}, headers={**admin, "Idempotency-Key": "k1"}
     )
@@ -167,6 +172,140 @@ async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
         await eventually(blocked_on_the_key)
         await tx.commit()
         assert await run is None
+    after = await snapshot(db)
+    assert (after.levels, after.movements, after.jobs) == (
+        before.levels,
+        before.movements,
+        before.jobs,
+    )
+
+
+# --- the lane: the statement served before the framework's stack (api.lanes) ----------------
+
+ORIGIN = {"Origin": "https://erp.example"}  # the lane leaves such requests to the framework
+
+
+def _shape(value: Any) -> Any:
+    """A JSON value with its leaves reduced to their types: what two answers share."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    return type(value).__name__
+
+
+async def test_the_lane_answers_as_the_framework_does(
+    client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
+) -> None:
+    await make_product(client, admin, "LANE-1")
+    body = {"sku": "LANE-1", "quantity": 2, "reference": "PO-1"}
+    await cleared(statements)
+    lane = await client.post(RESTOCK, json=body, headers={**admin, "Idempotency-Key": "l1"})
+    framework = await client.post(
+        RESTOCK, json=body, headers={**admin, **ORIGIN, "Idempotency-Key": "f1"}
+    )
+    assert (lane.status_code, framework.status_code) == (201, 201), (lane.text, framework.text)
+    # both the single statement: the framework tries it as the lane does
+    assert (await settled(statements)).count(service.RESTOCK_AT_ONCE.sql) == 2
+    ignore = {"x-request-id"}
+    assert [(k, v) for k, v in lane.headers.items() if k not in ignore] == [
+        ("content-length", str(len(lane.content))),
+        ("content-type", "application/json"),
+    ]
+    assert sorted(lane.headers) == sorted(framework.headers)
+    assert framework.headers["content-type"] == lane.headers["content-type"]
+    assert _shape(lane.json()) == _shape(framework.json())
+    # each key replays its first answer byte for byte, whichever way the retry comes
+    for key, first in (("l1", lane), ("f1", framework)):
+        for extra in ({}, ORIGIN):
+            again = await client.post(
+                RESTOCK, json=body, headers={**admin, **extra, "Idempotency-Key": key}
+            )
+            assert again.status_code == 201
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.content == first.content
+
+
+async def test_a_request_the_lane_hands_over_runs_the_statement_once(
+    client: httpx.AsyncClient, admin: dict[str, str], statements: list[str], db: Database
+) -> None:
+    await make_product(client, admin, "LANE-2")
+    before = await snapshot(db)
+    await cleared(statements)
+    # an unknown SKU: the statement writes nothing, the general way answers 422
+    r = await client.post(
+        RESTOCK, json={"sku": "NOPE", "quantity": 1}, headers={**admin, "Idempotency-Key": "u"}
+    )
+    assert r.status_code == 422, r.text
+    sent = await settled(statements)
+    assert sent.count(service.RESTOCK_AT_ONCE.sql) == 1, sent
+    assert len(sent) > 1  # and the general way ran
+    after = await snapshot(db)
+    assert (after.levels, after.movements) == (before.levels, before.movements)
+
+
+async def test_a_body_of_unknown_length_goes_to_the_framework(
+    client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
+) -> None:
+    """No Content-Length (chunked): the lane does not read it; the framework, under its body
+    limit, serves the request, the single statement first."""
+    await make_product(client, admin, "LANE-3")
+    await cleared(statements)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"sku": "LANE-3", '
+        yield b'"quantity": 4}'
+
+    r = await client.post(
+        RESTOCK,
+        content=chunks(),
+        headers={**admin, "Content-Type": "application/json", "Idempotency-Key": "c"},
+    )
+    assert r.status_code == 201, r.text
+    assert "content-length" not in r.request.headers
+    assert r.json()["stock"]["quantity"] == 4
+    assert (await settled(statements)).count(service.RESTOCK_AT_ONCE.sql) == 1
+
+
+async def test_a_client_gone_mid_body_is_answered_by_the_framework(
+    app: Any, client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
+    """What arrived before the disconnect parses as a whole restock: it must not count."""
+    await make_product(client, admin, "LANE-4")
+    before = await snapshot(db)
+    part = b'{"sku": "LANE-4", "quantity": 1}'
+    incoming: list[dict[str, Any]] = [
+        {"type": "http.request", "body": part, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": RESTOCK,
+        "raw_path": RESTOCK.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"stockroom.test"),
+            (b"authorization", admin["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(part) + 10).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("stockroom.test", 80),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400
     after = await snapshot(db)
     assert (after.levels, after.movements, after.jobs) == (
         before.levels,
