@@ -487,7 +487,10 @@ class Bench:
         log(f"pgbench: {self.args.warmup} s warm-up, {self.args.duration} s measured")
         results: dict[str, float] = {}
         for phase, seconds in (("warm", self.args.warmup), ("run", self.args.duration)):
+            kids0, busy0 = children_cpu_seconds(), machine_busy_seconds()
             out = run([*base, "-T", str(seconds), dsn], timeout=seconds + 30, what="pgbench")
+            # what the machine did besides pgbench itself: its backends (and the idle API)
+            db_seconds = machine_busy_seconds() - busy0 - (children_cpu_seconds() - kids0)
             processed = re.search(r"number of transactions actually processed: (\d+)", out)
             self.pgbench_processed += int(processed.group(1)) if processed else 0
             if phase == "run":
@@ -497,8 +500,10 @@ class Bench:
                 failed = re.search(r"number of failed transactions: (\d+)", out)
                 if tps is None:
                     raise BenchError("pgbench printed no TPS:\n" + out[-2000:])
+                txns = int(processed.group(1)) if processed else 0
                 results = {
                     "tps": float(tps.group(1)),
+                    "db_cpu_ms": 1000 * db_seconds / txns if txns else float("nan"),
                     "latency_ms": float(lat.group(1)) if lat else float("nan"),
                     "failed": float(failed.group(1)) if failed else 0.0,
                 }
@@ -870,8 +875,9 @@ def report(
             f"{r.db_cpu_ms_per_req:>6.2f}"
         )
     lines.append(
-        f"{'pgbench  same SQL transaction':<34}{pg['tps']:>9.0f}"
-        f"   (TPS; avg latency {pg['latency_ms']:.1f} ms, {pg['failed']:.0f} failed)"
+        f"{'pgbench  same SQL transaction':<34}{pg['tps']:>9.0f}{pg['latency_ms']:>9.1f}"
+        f"{'(TPS, avg ms)':>15}{'-':>8}{pg['db_cpu_ms']:>6.2f}"
+        f"   ({pg['failed']:.0f} failed; DB: all but pgbench's own CPU)"
     )
     other = max(r.other_load for r in (ceiling, random_, hot))
     lines.append(
