@@ -50,6 +50,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,53 @@ def parse_bench_line(output: str) -> dict[str, Any]:
     raise BenchError("wrk printed no BENCH line:\n" + output[-2000:])
 
 
+class WaitSampler(threading.Thread):
+    """What the API's database connections are doing, sampled from ``pg_stat_activity``
+    every ~10 ms while a load runs: waiting for the API's next statement, for the WAL flush
+    of a commit, for a lock, or running."""
+
+    KINDS = ("the API", "the WAL flush", "a lock", "running", "other")
+
+    def __init__(self, admin_url: str, db_name: str) -> None:
+        super().__init__(daemon=True)
+        self.admin_url, self.db_name = admin_url, db_name
+        self.stop = threading.Event()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def run(self) -> None:
+        asyncio.run(self._sample())
+
+    async def _sample(self) -> None:
+        conn = await asyncpg.connect(libpq_url(self.admin_url))
+        try:
+            while not self.stop.is_set():
+                rows = await conn.fetch(
+                    "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = $1 AND application_name = 'stockroom-api'",
+                    self.db_name,
+                )
+                self.counts.update(self._kind(*row) for row in rows)
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    @staticmethod
+    def _kind(state: str | None, wait_type: str | None, wait: str | None) -> str:
+        if state == "idle" and wait == "ClientRead":
+            return "the API"
+        if wait in ("WALWrite", "WALSync", "WALInsert"):
+            return "the WAL flush"
+        if wait_type == "Lock":
+            return "a lock"
+        if state == "active" and wait_type is None:
+            return "running"
+        return "other"
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.counts.values())
+        return {k: self.counts[k] / total if total else float("nan") for k in self.KINDS}
+
+
 @dataclass
 class LoadResult:
     name: str
@@ -213,6 +261,9 @@ class LoadResult:
     requests: int
     cpu_ms_per_req: float
     db_cpu_ms_per_req: float
+    wal_bytes_per_req: float
+    fpi_per_req: float  # full-page images written to the WAL, per request
+    waits: dict[str, float]  # what the API's database connections did (WaitSampler)
     other_load: float  # cores used by processes that are not this benchmark's, during the run
     raw: dict[str, Any]
 
@@ -414,6 +465,16 @@ class Bench:
             cmd += ["--", *script_args]
         return run(cmd, timeout=duration + 30, what=f"wrk {script}")
 
+    async def _wal(self) -> tuple[int, int]:
+        """The cluster's WAL bytes and full-page images so far (``pg_stat_wal``)."""
+        conn = await asyncpg.connect(libpq_url(self.admin_url))
+        try:
+            row = await conn.fetchrow("SELECT wal_bytes::bigint, wal_fpi FROM pg_stat_wal")
+            assert row is not None
+            return int(row[0]), int(row[1])
+        finally:
+            await conn.close()
+
     async def _backend_pids(self) -> list[int]:
         conn = await asyncpg.connect(libpq_url(self.admin_url))
         try:
@@ -432,9 +493,17 @@ class Bench:
         assert self.api is not None
         backends = asyncio.run(self._backend_pids())  # the API's pool, open after warm-up
         api0, db0 = group_cpu_seconds(self.api.pid), proc_cpu_seconds(backends)
+        wal0 = asyncio.run(self._wal())
+        waits = WaitSampler(self.admin_url, self.db_name)
+        waits.start()
         kids0, busy0, t0 = children_cpu_seconds(), machine_busy_seconds(), time.monotonic()
-        output = self.wrk(script, url, self.args.duration, make_args("run"))
+        try:
+            output = self.wrk(script, url, self.args.duration, make_args("run"))
+        finally:
+            waits.stop.set()
+            waits.join()
         elapsed = time.monotonic() - t0
+        wal = asyncio.run(self._wal())
         api = group_cpu_seconds(self.api.pid) - api0
         db = proc_cpu_seconds(backends) - db0
         wrk = children_cpu_seconds() - kids0
@@ -451,6 +520,9 @@ class Bench:
             requests=requests,
             cpu_ms_per_req=api * per_req,
             db_cpu_ms_per_req=db * per_req,
+            wal_bytes_per_req=(wal[0] - wal0[0]) / requests if requests else float("nan"),
+            fpi_per_req=(wal[1] - wal0[1]) / requests if requests else float("nan"),
+            waits=waits.shares(),
             other_load=max(other, 0.0) / elapsed,
             raw=raw,
         )
@@ -487,8 +559,10 @@ class Bench:
         log(f"pgbench: {self.args.warmup} s warm-up, {self.args.duration} s measured")
         results: dict[str, float] = {}
         for phase, seconds in (("warm", self.args.warmup), ("run", self.args.duration)):
+            wal0 = asyncio.run(self._wal())
             kids0, busy0 = children_cpu_seconds(), machine_busy_seconds()
             out = run([*base, "-T", str(seconds), dsn], timeout=seconds + 30, what="pgbench")
+            wal = asyncio.run(self._wal())
             # what the machine did besides pgbench itself: its backends (and the idle API)
             db_seconds = machine_busy_seconds() - busy0 - (children_cpu_seconds() - kids0)
             processed = re.search(r"number of transactions actually processed: (\d+)", out)
@@ -504,6 +578,8 @@ class Bench:
                 results = {
                     "tps": float(tps.group(1)),
                     "db_cpu_ms": 1000 * db_seconds / txns if txns else float("nan"),
+                    "wal_bytes": (wal[0] - wal0[0]) / txns if txns else float("nan"),
+                    "fpi": (wal[1] - wal0[1]) / txns if txns else float("nan"),
                     "latency_ms": float(lat.group(1)) if lat else float("nan"),
                     "failed": float(failed.group(1)) if failed else 0.0,
                 }
@@ -863,7 +939,8 @@ def report(
         f" pgbench -c{a.pgbench_clients} -j{a.threads} -T{a.duration} -M prepared;"
         f" {a.products} SKUs, {a.hot} hot",
         "",
-        f"{'figure':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req: API':>17}{'DB':>6}",
+        f"{'figure':<34}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req: API':>17}{'DB':>6}"
+        f"{'WAL B/req':>11}{'FPI/req':>9}",
     ]
     for label, r in (
         ("ceiling  GET /healthz", ceiling),
@@ -872,12 +949,17 @@ def report(
     ):
         lines.append(
             f"{label:<34}{r.rps:>9.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_ms_per_req:>17.2f}"
-            f"{r.db_cpu_ms_per_req:>6.2f}"
+            f"{r.db_cpu_ms_per_req:>6.2f}{r.wal_bytes_per_req:>11.0f}{r.fpi_per_req:>9.2f}"
         )
     lines.append(
         f"{'pgbench  same SQL transaction':<34}{pg['tps']:>9.0f}{pg['latency_ms']:>9.1f}"
-        f"{'(TPS, avg ms)':>15}{'-':>8}{pg['db_cpu_ms']:>6.2f}"
-        f"   ({pg['failed']:.0f} failed; DB: all but pgbench's own CPU)"
+        f"{'(TPS, avg ms)':>15}{'-':>8}{pg['db_cpu_ms']:>6.2f}{pg['wal_bytes']:>11.0f}"
+        f"{pg['fpi']:>9.2f}   ({pg['failed']:.0f} failed; DB: all but pgbench's own CPU)"
+    )
+    lines.append(
+        "the API's database connections, share of time waiting for: "
+        + ", ".join(f"{kind} {share:.0%}" for kind, share in random_.waits.items() if share)
+        + " (random SKUs)"
     )
     other = max(r.other_load for r in (ceiling, random_, hot))
     lines.append(
