@@ -334,8 +334,10 @@ class AtOnceRunner:
         if value is INVALID:
             return None
         params = self.mutation.params(value, request_id, state.settings.job_max_tries)
-        async with state.db.acquire() as conn:
-            done = await idempotency.run_at_once(conn, self.mutation, params, material, key, print_)
+        # on the first connection free (``Database.fetchrow``): the statement commits alone
+        done = await idempotency.run_at_once(
+            state.db.fetchrow, self.mutation, params, material, key, print_
+        )
         if done is not None and done.job_id is not None and self.mutation.job_kind is not None:
             await _dispatch(state, [NewJob(id=done.job_id, kind=self.mutation.job_kind)])
         return done

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,20 +258,24 @@ def granting(scope: str) -> list[str]:
     return [scope, Scope.admin.value]
 
 
+FetchRow = Callable[..., Awaitable["asyncpg.Record | None"]]
+
+
 async def run_at_once(
-    conn: Connection,
+    fetchrow: FetchRow,
     mutation: AtOnce,
     work_params: Sequence[Any],
     material: KeyMaterial,
     key: str | None,
     print_: bytes,
 ) -> Done | None:
-    """Run ``mutation``'s statement on ``conn`` (outside a transaction: the statement is one).
-    ``None``: nothing was written; run the mutation the general way."""
+    """Run ``mutation``'s statement with ``fetchrow`` (``Database.fetchrow``, or a
+    connection's outside a transaction: the statement is one). ``None``: nothing was
+    written; run the mutation the general way."""
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
         return None
     try:
-        row = await conn.fetchrow(
+        row = await fetchrow(
             mutation.sql,
             *work_params,
             material.prefix,

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import asyncpg
+
 from shared.db.database import Database, usable
 from tests.conftest import Env
 from tests.waiting import eventually
@@ -185,3 +187,159 @@ async def test_the_pool_keeps_room_for_its_direct_users_while_connections_are_pa
 
 async def _is(value: Any, *expected: object) -> bool:
     return (await value) in expected
+
+
+# --- Database.fetchrow: a statement on the first connection free ------------------------------
+
+
+async def test_queued_statements_run_back_to_back_on_one_connection(env: Env) -> None:
+    """A runner whose statement returned sends the next before its caller even resumes (an
+    ``acquire`` waiter would send it one loop turn later)."""
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    try:
+        left_when_done: list[int] = []
+
+        async def call(i: int) -> tuple[int, int]:
+            row = await db.fetchrow("SELECT pg_backend_pid(), $1::int", i)
+            left_when_done.append(len(db.queued))
+            assert row is not None
+            return row[0], row[1]
+
+        results = await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(5))), 20)
+        assert [n for _, n in results] == [0, 1, 2, 3, 4]
+        assert len({pid for pid, _ in results}) == 1
+        assert left_when_done == [3, 2, 1, 0, 0]
+        assert db.runners == set() and len(db.parked) == 1
+    finally:
+        await db.close()
+
+
+async def test_a_statements_error_is_its_callers_alone(env: Env) -> None:
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    try:
+        results = await asyncio.gather(
+            db.fetchrow("SELECT pg_backend_pid()"),
+            db.fetchrow("SELECT 1 / 0"),
+            db.fetchrow("SELECT pg_backend_pid()"),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], asyncpg.DivisionByZeroError)
+        first, last = results[0], results[2]
+        assert isinstance(first, asyncpg.Record) and isinstance(last, asyncpg.Record)
+        assert first[0] == last[0]  # the connection went on
+    finally:
+        await db.close()
+
+
+async def test_an_acquire_caller_gets_the_connection_after_the_running_statement(
+    env: Env,
+) -> None:
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    try:
+        order: list[str] = []
+
+        async def statement(i: int) -> None:
+            await db.fetchrow("SELECT pg_sleep(0.05)")
+            order.append(f"s{i}")
+
+        async def transaction() -> None:
+            async with db.acquire() as conn:
+                order.append("acquire")
+                await conn.fetchval("SELECT 1")
+
+        statements = [asyncio.create_task(statement(i)) for i in range(4)]
+        await eventually(lambda: _true(len(db.queued) == 3), what="s0 to be sent")
+        waiter = asyncio.create_task(transaction())
+        await asyncio.wait_for(asyncio.gather(*statements, waiter), timeout=20)
+        assert order == ["s0", "acquire", "s1", "s2", "s3"]
+    finally:
+        await db.close()
+
+
+async def test_a_caller_cancelled_while_queued_takes_its_statement_away(env: Env) -> None:
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    try:
+        async with db.acquire() as conn:
+            await conn.execute("CREATE SEQUENCE fetchrow_cancelled")
+        slow = asyncio.create_task(db.fetchrow("SELECT pg_sleep(0.3)"))
+        await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="slow")
+        cancelled = asyncio.create_task(db.fetchrow("SELECT nextval('fetchrow_cancelled')"))
+        await eventually(lambda: _true(len(db.queued) == 1), what="the second to queue")
+        cancelled.cancel()
+
+        async def then() -> asyncpg.Record | None:  # in one task: no loop turn in between
+            assert await db.fetchrow("SELECT 1") is not None
+            await slow
+            assert cancelled.cancelled()
+            return await db.fetchrow("SELECT is_called FROM fetchrow_cancelled")
+
+        row = await asyncio.wait_for(then(), timeout=20)
+        assert row is not None and row[0] is False
+    finally:
+        async with db.acquire() as conn:
+            await conn.execute("DROP SEQUENCE IF EXISTS fetchrow_cancelled")
+        await db.close()
+
+
+async def test_a_connection_lost_mid_statement_fails_that_statement_only(env: Env) -> None:
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    watcher = await Database.connect(env.database_url, pool_size=1)
+    try:
+        pids: list[int] = []
+
+        async def slow() -> None:
+            row = await db.fetchrow("SELECT pg_backend_pid()")
+            assert row is not None
+            pids.append(row[0])
+            await db.fetchrow("SELECT pg_sleep(30)")
+
+        slow_task = asyncio.create_task(slow())
+
+        async def sleeping() -> bool:
+            async with watcher.acquire() as w:
+                state = await w.fetchval(
+                    "SELECT state FROM pg_stat_activity WHERE pid = $1 AND query LIKE"
+                    " '%pg_sleep(30)%'",
+                    pids[0] if pids else 0,
+                )
+            return bool(state == "active")
+
+        await eventually(sleeping, what="the slow statement to run")
+        after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
+        await eventually(lambda: _true(len(db.queued) == 1), what="the next to queue")
+        async with watcher.acquire() as w:
+            await w.execute("SELECT pg_terminate_backend($1)", pids[0])
+        (failed,) = await asyncio.gather(slow_task, return_exceptions=True)
+        assert isinstance(failed, asyncpg.PostgresError | asyncpg.InterfaceError), failed
+        row = await asyncio.wait_for(after, timeout=20)
+        assert row is not None and row[0] != pids[0]  # on a new connection
+    finally:
+        await watcher.close()
+        await db.close()
+
+
+async def test_closing_cancels_the_statements_running_and_queued(env: Env) -> None:
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    running = asyncio.create_task(db.fetchrow("SELECT pg_sleep(30)"))
+    await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="running")
+    queued = asyncio.create_task(db.fetchrow("SELECT 1"))
+    await eventually(lambda: _true(len(db.queued) == 1), what="queued")
+    await asyncio.wait_for(db.close(), timeout=20)
+    results = await asyncio.gather(running, queued, return_exceptions=True)
+    assert [type(r) for r in results] == [asyncio.CancelledError, asyncio.CancelledError]
+
+
+async def test_statements_one_after_the_other_each_find_a_runner(env: Env) -> None:
+    """The caller of a statement resumes before the loop runs the done callbacks of the runner
+    that served it: a runner still counted then would leave the next statement queued with no
+    one to send it."""
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    try:
+
+        async def back_to_back() -> list[int]:  # in one task: no loop turn in between
+            rows = [await db.fetchrow("SELECT $1::int", i) for i in range(3)]
+            return [row[0] for row in rows if row is not None]
+
+        assert await asyncio.wait_for(back_to_back(), timeout=10) == [0, 1, 2]
+    finally:
+        await db.close()

@@ -154,7 +154,7 @@ async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
         )
         run = asyncio.create_task(
             idempotency.run_at_once(
-                conn,
+                conn.fetchrow,
                 service.RESTOCK_AT_ONCE,
                 service.RESTOCK_AT_ONCE.params(line, None, 5),
                 material,
