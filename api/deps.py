@@ -342,6 +342,12 @@ class AtOnceRunner:
             await _dispatch(state, [NewJob(id=done.job_id, kind=self.mutation.job_kind)])
         return done
 
+    def response(self, done: idempotency.Done) -> Response:
+        """The answer of a mutation run at once, whichever way the request came."""
+        return Response(
+            done.body, status_code=self.mutation.status_code, media_type="application/json"
+        )
+
 
 AT_ONCE_TRIED = "stockroom.at_once_tried"
 """Set in the request's scope by ``api.lanes`` when it ran the route's ``at_once`` statement
@@ -389,9 +395,7 @@ async def _run_mutation(
         )
         if done is not None:
             request.state.principal = done.principal
-            return Response(
-                done.body, status_code=at_once.mutation.status_code, media_type="application/json"
-            )
+            return at_once.response(done)
     try:
         response, uow = await _unit_of_work(request, state, spec, endpoint, material, key, print_)
     except idempotency.KeyStoredMeanwhile:

@@ -15,8 +15,8 @@ order, and hands everything else to the framework, which answers as it always do
   (``idempotency.run_at_once``) and the request is handed over with its body, marked
   (``AT_ONCE_TRIED``) so that the general way does not try the statement again.
 
-Either way the answer is the one the framework gives: the lane's response is the at-once
-runner's, with the headers the framework's ``Response`` sends (tests compare both)."""
+Either way the answer is the one the framework gives: the lane sends the at-once runner's
+``response``, as the general way does (tests compare both)."""
 
 from __future__ import annotations
 
@@ -110,17 +110,7 @@ class AtOnceLanes:
             scope[AT_ONCE_TRIED] = True
             await self._hand_over(scope, messages, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": runner.mutation.status_code,
-                "headers": [
-                    (b"content-length", str(len(done.body)).encode()),
-                    (b"content-type", b"application/json"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": done.body})
+        await runner.response(done)(scope, receive, send)
 
     async def _hand_over(
         self, scope: Scope, messages: list[Message], receive: Receive, send: Send
