@@ -40,3 +40,9 @@ OLDEST_QUEUED_AGE = Gauge(
     "Age of the oldest job due and not started",
     multiprocess_mode="mostrecent",
 )
+DB_GROUP_SIZE = Histogram(
+    "stockroom_db_group_size",
+    "Statements sent together, as one transaction, by Database.fetchrow with an order"
+    " (group commit; 1: alone)",
+    buckets=(1, 2, 4, 8, 12, 16),
+)

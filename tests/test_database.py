@@ -7,13 +7,14 @@ requests wait many times longer than the rest (restock p99 4-5x p50; with the fa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 
-from shared.db.database import Database, usable
+from shared.db.database import MAX_GROUP, Database, usable
 from tests.conftest import Env
 from tests.waiting import eventually
 
@@ -343,3 +344,119 @@ async def test_statements_one_after_the_other_each_find_a_runner(env: Env) -> No
         assert await asyncio.wait_for(back_to_back(), timeout=10) == [0, 1, 2]
     finally:
         await db.close()
+
+
+# --- Database.fetchrow with order: group commit -------------------------------------------------
+
+_GROUPED = """
+WITH ins AS (INSERT INTO fetchrow_grouped (v) VALUES ($1) RETURNING v)
+SELECT v, 100 / $2::int AS q, txid_current() AS txid, nextval('fetchrow_grouped_seq') AS seq
+FROM ins
+"""
+
+
+@contextlib.asynccontextmanager
+async def _held_runner(env: Env) -> AsyncIterator[tuple[Database, Callable[[], Awaitable[None]]]]:
+    """A database of one connection whose only runner waits, on an advisory lock the test
+    holds, until the test calls ``release`` (the statements queued meanwhile then go)."""
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    holder = await asyncpg.connect(env.database_url)
+    await holder.execute(
+        "CREATE TABLE fetchrow_grouped (v int NOT NULL);"
+        " CREATE SEQUENCE fetchrow_grouped_seq; SELECT pg_advisory_lock(7007)"
+    )
+    blocker = asyncio.create_task(db.fetchrow("SELECT pg_advisory_xact_lock(7007)"))
+    try:
+        await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="blocked")
+
+        async def release() -> None:
+            await holder.execute("SELECT pg_advisory_unlock(7007)")
+            await blocker
+
+        yield db, release
+    finally:
+        blocker.cancel()
+        await db.close()
+        await holder.execute("DROP TABLE fetchrow_grouped; DROP SEQUENCE fetchrow_grouped_seq")
+        await holder.close()
+
+
+async def _committed(env: Env) -> list[int]:
+    conn = await asyncpg.connect(env.database_url)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT v FROM fetchrow_grouped ORDER BY v")]
+    finally:
+        await conn.close()
+
+
+async def test_statements_queued_with_an_order_commit_together_in_that_order(env: Env) -> None:
+    async with _held_runner(env) as (db, release):
+        values = [5, *range(MAX_GROUP + 1, 7, -1), 3, 1, 4, 2, 6, 7]  # MAX_GROUP + 2 of them
+        grouped = [asyncio.create_task(db.fetchrow(_GROUPED, v, 1, order=v)) for v in values]
+        alone = asyncio.create_task(db.fetchrow(_GROUPED, 0, 1))  # no order: alone
+        other = asyncio.create_task(db.fetchrow(_GROUPED + " ", 100, 1, order=0))  # its text
+        last = asyncio.create_task(db.fetchrow(_GROUPED, 101, 1, order=0))
+        await eventually(lambda: _true(len(db.queued) == len(values) + 3), what="all queued")
+        await release()
+        rows = await asyncio.wait_for(asyncio.gather(*grouped, alone, other, last), 20)
+        committed = await _committed(env)
+    assert [row["v"] for row in rows] == [*values, 0, 100, 101]  # each caller its own row
+    by_value = {row["v"]: row for row in rows}
+    first, rest = values[:MAX_GROUP], values[MAX_GROUP:]
+    # the first MAX_GROUP in one transaction, run in their order; the rest in a second
+    assert len({by_value[v]["txid"] for v in first}) == 1
+    assert [by_value[v]["seq"] for v in sorted(first)] == sorted(by_value[v]["seq"] for v in first)
+    assert len({by_value[v]["txid"] for v in rest}) == 1
+    txids = [by_value[first[0]]["txid"], by_value[rest[0]]["txid"]]
+    txids += [by_value[v]["txid"] for v in (0, 100, 101)]
+    assert len(set(txids)) == 5  # ones without an order, of another text, or behind: alone
+    assert committed == sorted([*values, 0, 100, 101])
+
+
+async def test_an_error_rolls_the_group_back_and_each_statement_runs_alone(env: Env) -> None:
+    async with _held_runner(env) as (db, release):
+        calls = [db.fetchrow(_GROUPED, v, 0 if v == 2 else 1, order=v) for v in (1, 2, 3)]
+        tasks = [asyncio.create_task(call) for call in calls]
+        await eventually(lambda: _true(len(db.queued) == 3), what="all queued")
+        await release()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+        committed = await _committed(env)
+    assert isinstance(results[1], asyncpg.DivisionByZeroError)
+    ok = [r for r in results if isinstance(r, asyncpg.Record)]
+    assert [r["v"] for r in ok] == [1, 3]
+    assert ok[0]["txid"] != ok[1]["txid"]  # alone, each
+    # the group's insert of 1 was rolled back: 1 and 3 are there once each, 2 not at all
+    assert committed == [1, 3]
+
+
+async def test_a_connection_lost_during_a_group_fails_its_every_caller(env: Env) -> None:
+    """Whether the group committed is unknown then: no statement of it may run again."""
+    sleepy = _GROUPED.replace("100 / $2::int", "pg_sleep($2::int)::text")
+    async with _held_runner(env) as (db, release):
+        tasks = [asyncio.create_task(db.fetchrow(sleepy, v, 30, order=v)) for v in (1, 2)]
+        after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
+        await eventually(lambda: _true(len(db.queued) == 3), what="all queued")
+        await release()
+        watcher = await asyncpg.connect(env.database_url)
+        try:
+            pids: list[int] = []
+
+            async def sleeping() -> bool:
+                pids[:] = (
+                    await watcher.fetchval(
+                        "SELECT array_agg(pid) FROM pg_stat_activity WHERE state = 'active'"
+                        " AND query LIKE '%pg_sleep($2%' AND pid <> pg_backend_pid()"
+                    )
+                    or []
+                )
+                return len(pids) == 1
+
+            await eventually(sleeping, what="the group to run")
+            await watcher.execute("SELECT pg_terminate_backend($1)", pids[0])
+        finally:
+            await watcher.close()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+        assert all(isinstance(r, asyncpg.PostgresError | OSError) for r in results), results
+        row = await asyncio.wait_for(after, timeout=20)
+        assert row is not None and row[0] != pids[0]  # the queue went on, on a new connection
+        assert await _committed(env) == []
