@@ -125,6 +125,16 @@ async def _resolve(
 _LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 
 
+def lock_order(sku: str, location_code: str) -> tuple[str, str]:
+    """The order in which every transaction that locks several stock levels locks them: by
+    SKU, then location code. A request's own terms, so that restocks grouped into one commit
+    (``RESTOCK_AT_ONCE``, ``Database.fetchrow``) are put in order before their references are
+    resolved; batches and transfers lock in the same order, so no two transactions ever wait
+    on each other's levels in a cycle (a deadlock, which PostgreSQL breaks only after
+    ``deadlock_timeout``, a second, by failing one of them)."""
+    return (sku, location_code)
+
+
 # --- restock -----------------------------------------------------------------------------------
 
 # The work of a restock, as CTEs reading the caller from ``actor``: resolve, upsert the level,
@@ -270,14 +280,14 @@ async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
     )
 
 
-# Increments for many (product, location) pairs, locked in key order so that concurrent
-# batches and transfers cannot deadlock.
+# Increments for many (product, location) pairs, locked in the order given (``lock_order``).
 _INCREMENT_LEVELS = """
 INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
 SELECT product_id, location_id, sum(qty), now()
-FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS t(product_id, location_id, qty)
+FROM unnest($1::bigint[], $2::int[], $3::bigint[])
+    WITH ORDINALITY AS t(product_id, location_id, qty, ord)
 GROUP BY product_id, location_id
-ORDER BY product_id, location_id
+ORDER BY min(ord)
 ON CONFLICT (product_id, location_id)
 DO UPDATE SET quantity = s.quantity + excluded.quantity, updated_at = excluded.updated_at
 RETURNING product_id, location_id, quantity, updated_at
@@ -324,11 +334,12 @@ async def restock_batch(uow: UnitOfWork, batch: RestockBatch) -> BatchResult:
         for i in range(len(refs))
     ]
     keys = await _resolve(uow.conn, refs, fields)
+    ordered = sorted(range(len(refs)), key=lambda i: lock_order(*refs[i]))
     levels = await uow.conn.fetch(
         _INCREMENT_LEVELS,
-        [p for p, _ in keys],
-        [loc for _, loc in keys],
-        [line.quantity for line in batch.lines],
+        [keys[i][0] for i in ordered],
+        [keys[i][1] for i in ordered],
+        [batch.lines[i].quantity for i in ordered],
     )
     moved = await _append_movements(
         uow,
@@ -429,16 +440,16 @@ async def adjust(uow: UnitOfWork, adj: Adjustment) -> AdjustmentResult:
     )
 
 
-# Takes both levels of a transfer in key order (as batches do) before changing either. A
+# Takes both levels of a transfer in ``lock_order`` (as batches do) before changing either. A
 # ``SELECT … FOR UPDATE`` is not enough: it cannot lock a level that does not exist yet, and the
 # later upsert of that level would then wait on a batch inserting it while the batch waits on
 # the level locked here (a deadlock). So missing levels are inserted at 0 and existing ones
-# locked (``DO UPDATE … WHERE false`` locks without writing), in one statement, in key order.
+# locked (``DO UPDATE … WHERE false`` locks without writing), in one statement, in that order.
 # A transfer that then fails rolls the placeholders back with everything else.
 _LOCK_LEVELS = """
 INSERT INTO stock_levels AS s (product_id, location_id, quantity, updated_at)
-SELECT $1, location_id, 0, now() FROM unnest($2::int[]) AS t(location_id)
-ORDER BY location_id
+SELECT $1, location_id, 0, now() FROM unnest($2::int[]) WITH ORDINALITY AS t(location_id, ord)
+ORDER BY ord
 ON CONFLICT (product_id, location_id) DO UPDATE SET quantity = s.quantity WHERE false
 """
 
@@ -451,7 +462,8 @@ async def transfer(uow: UnitOfWork, t: Transfer) -> TransferResult:
         [(["body", "sku"], ["body", "from_location"]), (["body", "sku"], ["body", "to_location"])],
     )
     names = {source: refs[0], target: refs[1]}
-    await uow.conn.execute(_LOCK_LEVELS, source[0], [source[1], target[1]])
+    legs = sorted([(refs[0], source), (refs[1], target)], key=lambda leg: lock_order(*leg[0]))
+    await uow.conn.execute(_LOCK_LEVELS, source[0], [key[1] for _, key in legs])
     out_level = await _decrement(
         uow, source, t.quantity, f"{t.sku} at {t.from_location} cannot go below zero"
     )

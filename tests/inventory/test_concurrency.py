@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -420,4 +421,86 @@ async def test_transfers_into_new_levels_while_batches_create_them(
             expected[(f"NEW-{round_}-{i}", "MAIN")] = 3 + 3
             expected[(f"NEW-{round_}-{i}", "YARD")] = 100 - 3 + 3
     assert await levels(db) == expected
+    await assert_ledger_consistent(db)
+
+
+# --- one lock order for stock levels (shared.inventory.service.lock_order) --------------------
+
+
+async def _held_level(db: Database, sku: str, code: str) -> Any:
+    """A transaction (returned, to end) holding the level of ``sku`` at ``code`` locked."""
+    conn = await db.pool.acquire()
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute(
+        "SELECT 1 FROM stock_levels s JOIN products p ON p.id = s.product_id"
+        " JOIN locations l ON l.id = s.location_id"
+        " WHERE p.sku = $1 AND l.code = $2 FOR UPDATE OF s",
+        sku,
+        code,
+    )
+
+    async def release() -> None:
+        await tx.commit()
+        await db.pool.release(conn)
+
+    return release
+
+
+async def _locked(db: Database, sku: str, code: str) -> bool:
+    async with db.pool.acquire() as conn, conn.transaction():
+        try:
+            await conn.execute(
+                "SELECT 1 FROM stock_levels s JOIN products p ON p.id = s.product_id"
+                " JOIN locations l ON l.id = s.location_id"
+                " WHERE p.sku = $1 AND l.code = $2 FOR UPDATE OF s NOWAIT",
+                sku,
+                code,
+            )
+        except asyncpg.LockNotAvailableError:
+            return True
+    return False
+
+
+async def _waiting_on_a_lock(db: Database) -> bool:
+    async with db.pool.acquire() as conn:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    return bool(waiting)
+
+
+async def test_batches_and_transfers_lock_levels_by_sku_then_location_code(
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+) -> None:
+    """The order restocks grouped into one commit lock in (they are put in order before their
+    SKUs are resolved): a batch or a transfer blocked on its first level in that order holds
+    none of the others, whatever the products' and locations' ids."""
+    for sku in ("ORD-B", "ORD-A"):  # ORD-B gets the lower id
+        await make_product(client, admin, sku)
+    for code in ("ORD-Y", "ORD-X"):  # likewise ORD-Y
+        await make_location(client, admin, code)
+    for sku, code in (("ORD-B", "MAIN"), ("ORD-A", "MAIN"), ("ORD-A", "ORD-Y"), ("ORD-A", "ORD-X")):
+        await restock(client, admin, sku, 10, code)
+
+    async def held_while(path: str, body: dict[str, Any], first: tuple[str, str]) -> list[bool]:
+        """Whether each other level of the request is locked while it waits on ``first``."""
+        release = await _held_level(db, *first)
+        try:
+            request = asyncio.create_task(client.post(path, json=body, headers=admin))
+            await eventually(lambda: _waiting_on_a_lock(db), what="the request to wait")
+            others = [
+                (line["sku"], line.get("location_code", "MAIN")) for line in body.get("lines", [])
+            ] or [(body["sku"], body["from_location"]), (body["sku"], body["to_location"])]
+            held = [await _locked(db, *level) for level in others if level != first]
+        finally:
+            await release()
+        assert (await request).status_code == 201
+        return held
+
+    lines = [{"sku": "ORD-B", "quantity": 1}, {"sku": "ORD-A", "quantity": 1}]
+    assert await held_while(BATCH, {"lines": lines}, ("ORD-A", "MAIN")) == [False]
+    move = {"sku": "ORD-A", "from_location": "ORD-Y", "to_location": "ORD-X", "quantity": 1}
+    assert await held_while(TRANSFER, move, ("ORD-A", "ORD-X")) == [False]
     await assert_ledger_consistent(db)
