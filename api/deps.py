@@ -3,6 +3,7 @@ scope, and the unit of work every mutation runs in."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -334,10 +335,10 @@ class AtOnceRunner:
         if value is INVALID:
             return None
         params = self.mutation.params(value, request_id, state.settings.job_max_tries)
-        # on the first connection free (``Database.fetchrow``): the statement commits alone
-        done = await idempotency.run_at_once(
-            state.db.fetchrow, self.mutation, params, material, key, print_
-        )
+        # on the first connection free, committed with the others queued there meanwhile
+        # (``Database.fetchrow``'s group commit), in the order they lock rows in
+        fetchrow = functools.partial(state.db.fetchrow, order=self.mutation.order(value))
+        done = await idempotency.run_at_once(fetchrow, self.mutation, params, material, key, print_)
         if done is not None and done.job_id is not None and self.mutation.job_kind is not None:
             await _dispatch(state, [NewJob(id=done.job_id, kind=self.mutation.job_kind)])
         return done

@@ -184,7 +184,7 @@ class AtOnce:
     """A mutation whose happy path is a single statement: the caller's key, the
     Idempotency-Key's lock and record, the work and the storing of its answer, committed
     together by the statement's own implicit transaction (one round trip instead of BEGIN,
-    open, work, store, COMMIT).
+    open, work, store, COMMIT), or by a group's (``Database.fetchrow`` with ``order``).
 
     Built by ``at_once``; ``params`` gives the work's parameters from the validated body. The
     statement writes only when everything is in order: a known key with the scope, and an
@@ -196,6 +196,7 @@ class AtOnce:
     sql: str
     status_code: int
     params: Callable[[Any, str | None, int], Sequence[Any]]
+    order: Callable[[Any], Any]
     job_kind: str | None
 
 
@@ -206,6 +207,7 @@ def at_once(
     answer: str,
     status_code: int,
     params: Callable[[Any, str | None, int], Sequence[Any]],
+    order: Callable[[Any], Any],
     job_kind: str | None = None,
 ) -> AtOnce:
     """Compose the statement, for a caller with ``scope``.
@@ -215,7 +217,9 @@ def at_once(
     ``key_name``): no row there means nothing may be written. ``answer``: a CTE ``answer``
     of one row when the work is done, with ``body`` (the response's JSON text) and ``job_id``
     (the outbox job of kind ``job_kind`` the work wrote, or NULL). ``params(body, request_id,
-    job_max_tries)``: the work's parameters."""
+    job_max_tries)``: the work's parameters. ``order(body)``: the sort key of the rows the work
+    locks, in the order every other path locks them (statements run in groups, in that order,
+    and one that writes nothing still returns one row, of NULLs)."""
     n = work_params
     prefix, secret_hash, key, lock, print_ = (f"${n + i}" for i in range(1, 6))
     grants = "ARRAY[" + ", ".join(f"'{s}'" for s in granting(scope)) + "]"
@@ -238,10 +242,12 @@ WITH caller AS (
            '{_CONTENT_TYPE_JSON}'::jsonb, convert_to(answer.body, 'UTF8')
     FROM actor, answer WHERE {key}::text IS NOT NULL
 )
-SELECT actor.key_id, actor.key_name, caller.scopes, answer.body, answer.job_id
-FROM actor, caller, answer
+SELECT done.* FROM (SELECT) AS one LEFT JOIN (
+    SELECT actor.key_id, actor.key_name, caller.scopes, answer.body, answer.job_id
+    FROM actor, caller, answer
+) AS done ON true
 """
-    return AtOnce(scope, sql, status_code, params, job_kind)
+    return AtOnce(scope, sql, status_code, params, order, job_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,9 +275,9 @@ async def run_at_once(
     key: str | None,
     print_: bytes,
 ) -> Done | None:
-    """Run ``mutation``'s statement with ``fetchrow`` (``Database.fetchrow``, or a
-    connection's outside a transaction: the statement is one). ``None``: nothing was
-    written; run the mutation the general way."""
+    """Run ``mutation``'s statement with ``fetchrow`` (``Database.fetchrow`` with the
+    mutation's ``order``, or a connection's outside a transaction: the statement is one).
+    ``None``: nothing was written; run the mutation the general way."""
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
         return None
     try:
@@ -290,7 +296,7 @@ async def run_at_once(
         # the key's record committed after this statement's snapshot and before its lock
         # (see ``_OPEN_SQL``): the statement is undone; the general way replays that record
         return None
-    if row is None:
+    if row is None or row[0] is None:  # it wrote nothing (a row of NULLs)
         return None
     principal = Principal(key_id=row[0], name=row[1], scopes=frozenset(row[2]))
     return Done(principal, row[3].encode(), row[4])

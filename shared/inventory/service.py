@@ -243,6 +243,7 @@ RESTOCK_AT_ONCE = idempotency.at_once(
     _RESTOCK_ANSWER,
     201,
     _restock_params,
+    lambda line: lock_order(line.sku, line.location_code),
     JobKind.audit.value,
 )
 """``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``)."""

@@ -11,13 +11,20 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from shared import idempotency
 from shared.auth.keys import parse_token
 from shared.db.database import Database
 from shared.inventory import service
 from shared.inventory.schemas import JobLink, Movement, RestockLine, RestockResult, StockLevel
-from tests.inventory.helpers import RESTOCK, make_product, snapshot
+from tests.inventory.helpers import (
+    RESTOCK,
+    assert_ledger_consistent,
+    levels,
+    make_product,
+    snapshot,
+)
 from tests.waiting import eventually
 
 
@@ -312,3 +319,59 @@ async def test_a_client_gone_mid_body_is_answered_by_the_framework(
         before.movements,
         before.jobs,
     )
+
+
+# --- restocks waiting for a connection commit together (Database.fetchrow's group commit) ----
+
+
+def _groups_run() -> float:
+    return REGISTRY.get_sample_value("stockroom_db_group_size_count") or 0.0
+
+
+async def test_restocks_queued_together_commit_as_one_group_each_with_its_own_answer(
+    app: Any, client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """While every connection is taken, restocks queue; the first runner to get one sends
+    them as one group. Within it, the same key twice gives one restock and a replay, an
+    unknown SKU its 422 (the general way), and each restock its own level after it."""
+    db: Database = app.state.stockroom.db
+    for sku in ("GRP-HOT", "GRP-OTHER"):
+        await make_product(client, admin, sku)
+
+    def post(sku: str, quantity: int, key: str | None) -> Any:
+        headers = {**admin, "Idempotency-Key": key} if key else admin
+        return client.post(RESTOCK, json={"sku": sku, "quantity": quantity}, headers=headers)
+
+    groups_before = _groups_run()
+    async with contextlib.AsyncExitStack() as taken:
+        for _ in range(app.state.stockroom.settings.db_pool_size):
+            await taken.enter_async_context(db.acquire())
+        requests = [
+            asyncio.create_task(post("GRP-OTHER", 5, None)),
+            asyncio.create_task(post("GRP-HOT", 1, "grp-1")),
+            asyncio.create_task(post("GRP-HOT", 1, "grp-1")),
+            asyncio.create_task(post("GRP-NONE", 3, "grp-3")),
+            asyncio.create_task(post("GRP-HOT", 4, "grp-4")),
+        ]
+        await eventually(lambda: _is_true(len(db.queued) == 5), what="the five to queue")
+    other, first, again, unknown, hot = await asyncio.wait_for(asyncio.gather(*requests), 20)
+    assert _groups_run() == groups_before + 1
+
+    assert [r.status_code for r in (other, first, again, unknown, hot)] == [201] * 3 + [422, 201]
+    fresh, replay = sorted((first, again), key=lambda r: "idempotent-replayed" in r.headers)
+    assert "idempotent-replayed" not in fresh.headers
+    assert replay.headers["idempotent-replayed"] == "true" and replay.content == fresh.content
+    # in the group's order (by SKU): GRP-HOT's two restocks, then GRP-OTHER's
+    assert [fresh.json()["stock"]["quantity"], hot.json()["stock"]["quantity"]] in ([1, 5], [4, 5])
+    assert other.json()["stock"]["quantity"] == 5
+    assert fresh.json()["movement"]["id"] < other.json()["movement"]["id"]
+    assert hot.json()["movement"]["id"] < other.json()["movement"]["id"]
+    assert await levels(app.state.stockroom.db) == {
+        ("GRP-HOT", "MAIN"): 5,
+        ("GRP-OTHER", "MAIN"): 5,
+    }
+    await assert_ledger_consistent(app.state.stockroom.db)
+
+
+async def _is_true(value: bool) -> bool:
+    return value
