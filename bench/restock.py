@@ -7,7 +7,9 @@ From ONE run against this machine's PostgreSQL and Redis it prints, side by side
 - ``POST /api/v1/inventory/restock`` req/s and p50/p99 latency, on random SKUs among the seeded
   ones and on a few hot SKUs, every request with its own ``Idempotency-Key``;
 - the database ceiling: pgbench running the statement one restock sends (generated from the
-  code: ``pgbench_script``);
+  code: ``pgbench_script``), one per transaction; and, for reference (no target), the same
+  statement ``MAX_GROUP`` to a pipelined transaction, as the API's group commit sends them;
+- how many restocks the API committed together, on average (its ``/metrics``);
 - the ratios against the targets of the inventory issue, and a correctness check: no unit lost
   or counted twice, one movement and one audit job per accepted restock.
 
@@ -73,6 +75,7 @@ from bench.worker_common import (  # noqa: E402
     proc_cpu_seconds,
     with_database,
 )
+from shared.db.database import MAX_GROUP  # noqa: E402
 from shared.embedded import free_port  # noqa: E402
 from shared.inventory.service import RESTOCK_AT_ONCE  # noqa: E402
 
@@ -109,7 +112,10 @@ _PGBENCH_PARAMS = {
 }
 
 
-def pgbench_script() -> str:
+def pgbench_script(group: int = 1) -> str:
+    """One restock's statement per transaction; with ``group``, that many in one pipeline
+    (one implicit transaction, as ``Database.fetchrow`` sends a group), on SKUs in ascending
+    order (as a group runs: ``lock_order``), each from its own slice of the SKUs."""
     sql = " ".join(RESTOCK_AT_ONCE.sql.split())
     used = {int(n) for n in re.findall(r"\$(\d+)\b", sql)}
     if used != set(_PGBENCH_PARAMS):
@@ -126,12 +132,23 @@ def pgbench_script() -> str:
         ),
         sql,
     )
-    return (
-        "\\set i random(0, :nskus - 1)\n"
-        "\\set qty random(1, 100)\n"
-        "\\set r random(1, 9000000000000000000)\n"
-        f"{sql};\n"
-    )
+    if group == 1:
+        return (
+            "\\set i random(0, :nskus - 1)\n"
+            "\\set qty random(1, 100)\n"
+            "\\set r random(1, 9000000000000000000)\n"
+            f"{sql};\n"
+        )
+    lines = []
+    for k in range(group):
+        lines.append(f"\\set i{k} {k} * (:nskus / {group}) + random(0, :nskus / {group} - 1)")
+        lines.append(f"\\set qty{k} random(1, 100)")
+        lines.append(f"\\set r{k} random(1, 9000000000000000000)")
+    lines.append("\\startpipeline")
+    for k in range(group):
+        lines.append(re.sub(r":(i|qty|r)\b", rf":\g<1>{k}", sql) + ";")
+    lines.append("\\endpipeline")
+    return "\n".join(lines) + "\n"
 
 
 def run(
@@ -264,6 +281,7 @@ class LoadResult:
     wal_bytes_per_req: float
     fpi_per_req: float  # full-page images written to the WAL, per request
     waits: dict[str, float]  # what the API's database connections did (WaitSampler)
+    per_commit: float  # restocks per group commit (the API's stockroom_db_group_size)
     other_load: float  # cores used by processes that are not this benchmark's, during the run
     raw: dict[str, Any]
 
@@ -494,6 +512,7 @@ class Bench:
         backends = asyncio.run(self._backend_pids())  # the API's pool, open after warm-up
         api0, db0 = group_cpu_seconds(self.api.pid), proc_cpu_seconds(backends)
         wal0 = asyncio.run(self._wal())
+        groups0 = self._groups()
         waits = WaitSampler(self.admin_url, self.db_name)
         waits.start()
         kids0, busy0, t0 = children_cpu_seconds(), machine_busy_seconds(), time.monotonic()
@@ -503,6 +522,7 @@ class Bench:
             waits.stop.set()
             waits.join()
         elapsed = time.monotonic() - t0
+        groups = [b - a for a, b in zip(groups0, self._groups(), strict=True)]
         wal = asyncio.run(self._wal())
         api = group_cpu_seconds(self.api.pid) - api0
         db = proc_cpu_seconds(backends) - db0
@@ -523,9 +543,20 @@ class Bench:
             wal_bytes_per_req=(wal[0] - wal0[0]) / requests if requests else float("nan"),
             fpi_per_req=(wal[1] - wal0[1]) / requests if requests else float("nan"),
             waits=waits.shares(),
+            per_commit=groups[1] / groups[0] if groups[0] else float("nan"),
             other_load=max(other, 0.0) / elapsed,
             raw=raw,
         )
+
+    def _groups(self) -> tuple[float, float]:
+        """The API's group commits so far, and the statements they committed (``/metrics``)."""
+        text = httpx.get(self.base_url + "/metrics", timeout=10).text
+        found = dict.fromkeys(("count", "sum"), 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("stockroom_db_group_size_"):
+                found[name.removeprefix("stockroom_db_group_size_")] = float(value)
+        return found["count"], found["sum"]
 
     def restock_args(self, mode: str) -> Any:
         def make(phase: str) -> list[str]:
@@ -545,10 +576,11 @@ class Bench:
 
         return make
 
-    def pgbench(self) -> dict[str, float]:
+    def pgbench(self, group: int = 1) -> dict[str, float]:
+        """pgbench's figures; with ``group``, per restock (``group`` per transaction)."""
         key_prefix = self.api_key.split("_")[1]
-        script = self.workdir / "restock_txn.sql"
-        script.write_text(pgbench_script())
+        script = self.workdir / f"restock_txn_{group}.sql"
+        script.write_text(pgbench_script(group))
         base = ["pgbench", "-n", "-M", "prepared", "-f", str(script)]
         base += ["-c", str(self.args.pgbench_clients), "-j", str(self.args.threads)]
         base += ["-D", f"prefix={self.sku_prefix}", "-D", f"nskus={self.args.products}"]
@@ -556,7 +588,8 @@ class Bench:
         secret = self.api_key.split("_", 2)[2]
         base += ["-D", f"keyhash={hashlib.sha256(secret.encode()).hexdigest()}"]
         dsn = libpq_url(self.db_url)
-        log(f"pgbench: {self.args.warmup} s warm-up, {self.args.duration} s measured")
+        what = "pgbench" if group == 1 else f"pgbench, {group} per pipelined transaction"
+        log(f"{what}: {self.args.warmup} s warm-up, {self.args.duration} s measured")
         results: dict[str, float] = {}
         for phase, seconds in (("warm", self.args.warmup), ("run", self.args.duration)):
             wal0 = asyncio.run(self._wal())
@@ -566,17 +599,17 @@ class Bench:
             # what the machine did besides pgbench itself: its backends (and the idle API)
             db_seconds = machine_busy_seconds() - busy0 - (children_cpu_seconds() - kids0)
             processed = re.search(r"number of transactions actually processed: (\d+)", out)
-            self.pgbench_processed += int(processed.group(1)) if processed else 0
+            self.pgbench_processed += group * int(processed.group(1)) if processed else 0
             if phase == "run":
-                (self.workdir / "pgbench.txt").write_text(out)
+                (self.workdir / f"pgbench-{group}.txt").write_text(out)
                 tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
                 lat = re.search(r"latency average = ([\d.]+) ms", out)
                 failed = re.search(r"number of failed transactions: (\d+)", out)
                 if tps is None:
                     raise BenchError("pgbench printed no TPS:\n" + out[-2000:])
-                txns = int(processed.group(1)) if processed else 0
+                txns = group * int(processed.group(1)) if processed else 0
                 results = {
-                    "tps": float(tps.group(1)),
+                    "tps": group * float(tps.group(1)),
                     "db_cpu_ms": 1000 * db_seconds / txns if txns else float("nan"),
                     "wal_bytes": (wal[0] - wal0[0]) / txns if txns else float("nan"),
                     "fpi": (wal[1] - wal0[1]) / txns if txns else float("nan"),
@@ -836,9 +869,9 @@ class Bench:
             )
             checks.append(
                 Check(
-                    "pgbench: one movement per transaction",
-                    abs(pg_count - self.pgbench_processed) <= self.args.pgbench_clients,
-                    f"{pg_count} movements, {self.pgbench_processed} transactions reported",
+                    "pgbench: one movement per restock statement",
+                    abs(pg_count - self.pgbench_processed) <= self.args.pgbench_clients * MAX_GROUP,
+                    f"{pg_count} movements, {self.pgbench_processed} statements reported",
                 )
             )
         finally:
@@ -911,6 +944,7 @@ def report(
     random_: LoadResult,
     hot: LoadResult,
     pg: dict[str, float],
+    grouped: dict[str, float],
     checks: list[Check],
 ) -> tuple[str, bool, bool]:
     a = bench.args
@@ -957,6 +991,16 @@ def report(
         f"{pg['fpi']:>9.2f}   ({pg['failed']:.0f} failed; DB: all but pgbench's own CPU)"
     )
     lines.append(
+        f"{f'pgbench  the same, {MAX_GROUP} per commit':<34}{grouped['tps']:>9.0f}"
+        f"{grouped['latency_ms']:>9.1f}{'(/s, txn ms)':>15}{'-':>8}{grouped['db_cpu_ms']:>6.2f}"
+        f"{grouped['wal_bytes']:>11.0f}{grouped['fpi']:>9.2f}   ({grouped['failed']:.0f} failed;"
+        " one pipelined transaction, as the API's group commit)"
+    )
+    lines.append(
+        "restocks per commit in the API (group commit): "
+        f"{random_.per_commit:.1f} random SKUs, {hot.per_commit:.1f} hot"
+    )
+    lines.append(
         "the API's database connections, share of time waiting for: "
         + ", ".join(f"{kind} {share:.0%}" for kind, share in random_.waits.items() if share)
         + " (random SKUs)"
@@ -970,6 +1014,10 @@ def report(
     lines += ["", f"{'ratio':<34}{'value':>9}{'target':>10}   result"]
     for (label, value, target, _), ok in zip(ratios, passes, strict=True):
         lines.append(f"{label:<34}{value:>9.2f}{target:>10}   {mark(ok)}")
+    lines.append(
+        f"{f'restock/pgbench {MAX_GROUP} per commit':<34}{random_.rps / grouped['tps']:>9.2f}"
+        f"{'-':>10}   (no target: against the database's ceiling with group commit)"
+    )
     lines += ["", "correctness"]
     for c in checks:
         lines.append(f"  {mark(c.ok)}  {c.name}: {c.detail}")
@@ -1001,7 +1049,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--seed-keys", type=int, default=50_000, help="stored Idempotency-Keys before the load"
     )
-    parser.add_argument("--budget", type=int, default=170, help="stop after this many seconds")
+    parser.add_argument("--budget", type=int, default=200, help="stop after this many seconds")
     parser.add_argument("--keep-logs", action="store_true", help="keep wrk/pgbench/API logs")
     parser.add_argument(
         "--profile",
@@ -1041,11 +1089,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         hot = bench.measure("hot", "restock.lua", bench.base_url, bench.restock_args("hot"))
         pg = bench.pgbench()
+        grouped = bench.pgbench(MAX_GROUP)
         if args.profile:
             bench.profile()
         log("verifying the data")
         checks = asyncio.run(bench.verify({"ceiling": ceiling, "random": random_, "hot": hot}))
-        table, perf_ok, data_ok = report(bench, ceiling, random_, hot, pg, checks)
+        table, perf_ok, data_ok = report(bench, ceiling, random_, hot, pg, grouped, checks)
         print(table)
         failed = not data_ok
         status = 1 if not data_ok else (0 if perf_ok else 3)
