@@ -163,10 +163,10 @@ class Database:
         others of its kind, each seeing the ones before it. A group runs in ``order``: the
         order in which the statements lock rows, which must be every other path's order for
         the same rows, so that groups cannot deadlock with each other or with those paths.
-        An error of the database's rolls the whole group back: then each statement runs
-        again alone, and its own result or error goes to its caller. Any other error (the
-        connection broke: the group may have committed or not) goes to every caller of the
-        group, as it would to a lone statement's.
+        An error of the database's rolls the whole group back: then each statement goes back
+        to the head of the queue to run alone, and its own result or error goes to its
+        caller. Any other error (the connection broke: the group may have committed or not)
+        goes to every caller of the group, as it would to a lone statement's.
 
         A caller cancelled while its statement is queued takes it out of the queue; one
         cancelled while it runs lets it finish (it commits or not, as a client's disconnect
@@ -254,16 +254,12 @@ class Database:
                 for item in group:
                     _fail(item.future, exc)
                 return False
-            # one statement failed, and the group was rolled back: each on its own
-            for i, item in enumerate(group):
-                try:
-                    fine = await _send_one(conn, item)
-                except BaseException:
-                    self.queued.extendleft(reversed(group[i + 1 :]))  # not sent alone yet
-                    raise
-                if not fine:
-                    self.queued.extendleft(reversed(group[i + 1 :]))
-                    return False
+            # one statement failed, and the group was rolled back: each goes again, alone,
+            # first in the queue (any runner may take it; a wait on a lock, or a timeout, then
+            # holds up only its own); a caller cancelled meanwhile has nothing to run
+            for item in group:
+                item.order = None
+            self.queued.extendleft(reversed(group))
             return True
         except BaseException as exc:
             for item in group:
