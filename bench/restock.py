@@ -599,7 +599,8 @@ class Bench:
             # what the machine did besides pgbench itself: its backends (and the idle API)
             db_seconds = machine_busy_seconds() - busy0 - (children_cpu_seconds() - kids0)
             processed = re.search(r"number of transactions actually processed: (\d+)", out)
-            self.pgbench_processed += group * int(processed.group(1)) if processed else 0
+            statements = group * int(processed.group(1)) if processed else 0
+            self.pgbench_processed += statements
             if phase == "run":
                 (self.workdir / f"pgbench-{group}.txt").write_text(out)
                 tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
@@ -607,12 +608,12 @@ class Bench:
                 failed = re.search(r"number of failed transactions: (\d+)", out)
                 if tps is None:
                     raise BenchError("pgbench printed no TPS:\n" + out[-2000:])
-                txns = group * int(processed.group(1)) if processed else 0
+                per = 1 / statements if statements else float("nan")
                 results = {
                     "tps": group * float(tps.group(1)),
-                    "db_cpu_ms": 1000 * db_seconds / txns if txns else float("nan"),
-                    "wal_bytes": (wal[0] - wal0[0]) / txns if txns else float("nan"),
-                    "fpi": (wal[1] - wal0[1]) / txns if txns else float("nan"),
+                    "db_cpu_ms": 1000 * db_seconds * per,
+                    "wal_bytes": (wal[0] - wal0[0]) * per,
+                    "fpi": (wal[1] - wal0[1]) * per,
                     "latency_ms": float(lat.group(1)) if lat else float("nan"),
                     "failed": float(failed.group(1)) if failed else 0.0,
                 }
@@ -985,17 +986,20 @@ def report(
             f"{label:<34}{r.rps:>9.0f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.cpu_ms_per_req:>17.2f}"
             f"{r.db_cpu_ms_per_req:>6.2f}{r.wal_bytes_per_req:>11.0f}{r.fpi_per_req:>9.2f}"
         )
-    lines.append(
-        f"{'pgbench  same SQL transaction':<34}{pg['tps']:>9.0f}{pg['latency_ms']:>9.1f}"
-        f"{'(TPS, avg ms)':>15}{'-':>8}{pg['db_cpu_ms']:>6.2f}{pg['wal_bytes']:>11.0f}"
-        f"{pg['fpi']:>9.2f}   ({pg['failed']:.0f} failed; DB: all but pgbench's own CPU)"
-    )
-    lines.append(
-        f"{f'pgbench  the same, {MAX_GROUP} per commit':<34}{grouped['tps']:>9.0f}"
-        f"{grouped['latency_ms']:>9.1f}{'(/s, txn ms)':>15}{'-':>8}{grouped['db_cpu_ms']:>6.2f}"
-        f"{grouped['wal_bytes']:>11.0f}{grouped['fpi']:>9.2f}   ({grouped['failed']:.0f} failed;"
-        " one pipelined transaction, as the API's group commit)"
-    )
+    for label, row, unit, note in (
+        ("pgbench  same SQL transaction", pg, "(TPS, avg ms)", "DB: all but pgbench's own CPU"),
+        (
+            f"pgbench  the same, {MAX_GROUP} per commit",
+            grouped,
+            "(/s, txn ms)",
+            "one pipelined transaction, as the API's group commit",
+        ),
+    ):
+        lines.append(
+            f"{label:<34}{row['tps']:>9.0f}{row['latency_ms']:>9.1f}{unit:>15}{'-':>8}"
+            f"{row['db_cpu_ms']:>6.2f}{row['wal_bytes']:>11.0f}{row['fpi']:>9.2f}"
+            f"   ({row['failed']:.0f} failed; {note})"
+        )
     lines.append(
         "restocks per commit in the API (group commit): "
         f"{random_.per_commit:.1f} random SKUs, {hot.per_commit:.1f} hot"
