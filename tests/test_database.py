@@ -16,7 +16,7 @@ import asyncpg
 
 from shared.db.database import MAX_GROUP, Database, usable
 from tests.conftest import Env
-from tests.waiting import eventually
+from tests.waiting import eventually, holds
 
 Acquire = Callable[[Database], AbstractAsyncContextManager[Any]]
 
@@ -50,16 +50,12 @@ async def _arrival_order(env: Env, acquire: Acquire, parking: bool = False) -> l
         async with acquire(db) as conn:
             await conn.fetchval("SELECT 1")
             waiters = [asyncio.create_task(waiter(name)) for name in ("first", "second")]
-            await eventually(lambda: _true(len(queued) == 2), what="both waiters to queue")
+            await eventually(lambda: holds(len(queued) == 2), what="both waiters to queue")
             newcomer_ready.set()
         await asyncio.gather(*waiters, late)
     finally:
         await db.close()
     return order
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_released_connection_goes_to_the_longest_waiter(env: Env) -> None:
@@ -141,7 +137,7 @@ async def test_a_cancelled_checkout_is_cleaned_up_by_the_pool_not_parked(env: En
             return value
 
         task = asyncio.create_task(slow())
-        await eventually(lambda: _true(bool(pids)), what="the slow query's connection")
+        await eventually(lambda: holds(bool(pids)), what="the slow query's connection")
         await eventually(lambda: _is(state(), "active"), what="the slow query running")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -163,7 +159,7 @@ async def test_a_parked_connection_that_died_is_replaced(env: Env) -> None:
         (parked,) = db.parked
         async with watcher.acquire() as w:
             await w.execute("SELECT pg_terminate_backend($1)", pid)
-        await eventually(lambda: _true(not usable(parked)), what="the client to see it closed")
+        await eventually(lambda: holds(not usable(parked)), what="the client to see it closed")
         async with db.acquire(timeout=5) as conn:
             assert await conn.fetchval("SELECT pg_backend_pid()") != pid
     finally:
@@ -249,7 +245,7 @@ async def test_an_acquire_caller_gets_the_connection_after_the_running_statement
                 await conn.fetchval("SELECT 1")
 
         statements = [asyncio.create_task(statement(i)) for i in range(4)]
-        await eventually(lambda: _true(len(db.queued) == 3), what="s0 to be sent")
+        await eventually(lambda: holds(len(db.queued) == 3), what="s0 to be sent")
         waiter = asyncio.create_task(transaction())
         await asyncio.wait_for(asyncio.gather(*statements, waiter), timeout=20)
         assert order == ["s0", "acquire", "s1", "s2", "s3"]
@@ -263,9 +259,9 @@ async def test_a_caller_cancelled_while_queued_takes_its_statement_away(env: Env
         async with db.acquire() as conn:
             await conn.execute("CREATE SEQUENCE fetchrow_cancelled")
         slow = asyncio.create_task(db.fetchrow("SELECT pg_sleep(0.3)"))
-        await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="slow")
+        await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="slow")
         cancelled = asyncio.create_task(db.fetchrow("SELECT nextval('fetchrow_cancelled')"))
-        await eventually(lambda: _true(len(db.queued) == 1), what="the second to queue")
+        await eventually(lambda: holds(len(db.queued) == 1), what="the second to queue")
         cancelled.cancel()
 
         async def then() -> asyncpg.Record | None:  # in one task: no loop turn in between
@@ -307,7 +303,7 @@ async def test_a_connection_lost_mid_statement_fails_that_statement_only(env: En
 
         await eventually(sleeping, what="the slow statement to run")
         after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
-        await eventually(lambda: _true(len(db.queued) == 1), what="the next to queue")
+        await eventually(lambda: holds(len(db.queued) == 1), what="the next to queue")
         async with watcher.acquire() as w:
             await w.execute("SELECT pg_terminate_backend($1)", pids[0])
         (failed,) = await asyncio.gather(slow_task, return_exceptions=True)
@@ -322,9 +318,9 @@ async def test_a_connection_lost_mid_statement_fails_that_statement_only(env: En
 async def test_closing_cancels_the_statements_running_and_queued(env: Env) -> None:
     db = await Database.connect(env.database_url, pool_size=1, parking=True)
     running = asyncio.create_task(db.fetchrow("SELECT pg_sleep(30)"))
-    await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="running")
+    await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="running")
     queued = asyncio.create_task(db.fetchrow("SELECT 1"))
-    await eventually(lambda: _true(len(db.queued) == 1), what="queued")
+    await eventually(lambda: holds(len(db.queued) == 1), what="queued")
     await asyncio.wait_for(db.close(), timeout=20)
     results = await asyncio.gather(running, queued, return_exceptions=True)
     assert [type(r) for r in results] == [asyncio.CancelledError, asyncio.CancelledError]
@@ -367,7 +363,7 @@ async def _held_runner(env: Env) -> AsyncIterator[tuple[Database, Callable[[], A
     )
     blocker = asyncio.create_task(db.fetchrow("SELECT pg_advisory_xact_lock(7007)"))
     try:
-        await eventually(lambda: _true(len(db.runners) == 1 and not db.queued), what="blocked")
+        await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="blocked")
 
         async def release() -> None:
             await holder.execute("SELECT pg_advisory_unlock(7007)")
@@ -396,7 +392,7 @@ async def test_statements_queued_with_an_order_commit_together_in_that_order(env
         alone = asyncio.create_task(db.fetchrow(_GROUPED, 0, 1))  # no order: alone
         other = asyncio.create_task(db.fetchrow(_GROUPED + " ", 100, 1, order=0))  # its text
         last = asyncio.create_task(db.fetchrow(_GROUPED, 101, 1, order=0))
-        await eventually(lambda: _true(len(db.queued) == len(values) + 3), what="all queued")
+        await eventually(lambda: holds(len(db.queued) == len(values) + 3), what="all queued")
         await release()
         rows = await asyncio.wait_for(asyncio.gather(*grouped, alone, other, last), 20)
         committed = await _committed(env)
@@ -417,7 +413,7 @@ async def test_an_error_rolls_the_group_back_and_each_statement_runs_alone(env: 
     async with _held_runner(env) as (db, release):
         calls = [db.fetchrow(_GROUPED, v, 0 if v == 2 else 1, order=v) for v in (1, 2, 3)]
         tasks = [asyncio.create_task(call) for call in calls]
-        await eventually(lambda: _true(len(db.queued) == 3), what="all queued")
+        await eventually(lambda: holds(len(db.queued) == 3), what="all queued")
         await release()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
         committed = await _committed(env)
@@ -435,7 +431,7 @@ async def test_a_connection_lost_during_a_group_fails_its_every_caller(env: Env)
     async with _held_runner(env) as (db, release):
         tasks = [asyncio.create_task(db.fetchrow(sleepy, v, 30, order=v)) for v in (1, 2)]
         after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
-        await eventually(lambda: _true(len(db.queued) == 3), what="all queued")
+        await eventually(lambda: holds(len(db.queued) == 3), what="all queued")
         await release()
         watcher = await asyncpg.connect(env.database_url)
         try:

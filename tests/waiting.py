@@ -17,3 +17,8 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def holds(value: bool) -> bool:
+    """``value`` as a condition for ``eventually``: ``eventually(lambda: holds(x == y))``."""
+    return value

@@ -25,7 +25,7 @@ from tests.inventory.helpers import (
     make_product,
     snapshot,
 )
-from tests.waiting import eventually
+from tests.waiting import eventually, holds
 
 
 @pytest.fixture
@@ -353,7 +353,7 @@ async def test_restocks_queued_together_commit_as_one_group_each_with_its_own_an
             asyncio.create_task(post("GRP-NONE", 3, "grp-3")),
             asyncio.create_task(post("GRP-HOT", 4, "grp-4")),
         ]
-        await eventually(lambda: _is_true(len(db.queued) == 5), what="the five to queue")
+        await eventually(lambda: holds(len(db.queued) == 5), what="the five to queue")
     other, first, again, unknown, hot = await asyncio.wait_for(asyncio.gather(*requests), 20)
     assert _groups_run() == groups_before + 1
 
@@ -371,7 +371,3 @@ async def test_restocks_queued_together_commit_as_one_group_each_with_its_own_an
         ("GRP-OTHER", "MAIN"): 5,
     }
     await assert_ledger_consistent(app.state.stockroom.db)
-
-
-async def _is_true(value: bool) -> bool:
-    return value
