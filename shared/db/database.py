@@ -251,8 +251,7 @@ class Database:
             if not usable(conn):
                 # the server ended the session: whether the group committed is unknown, so,
                 # as for a lone statement, the error is every caller's
-                for item in group:
-                    _fail(item.future, exc)
+                _fail_all(group, exc)
                 return False
             # one statement failed, and the group was rolled back: each goes again, alone,
             # first in the queue (any runner may take it; a wait on a lock, or a timeout, then
@@ -262,13 +261,11 @@ class Database:
             self.queued.extendleft(reversed(group))
             return True
         except BaseException as exc:
-            for item in group:
-                _fail(item.future, exc)
+            _fail_all(group, exc)
             raise
         if len(rows) != len(group):  # a statement that is not for ``order``: a bug
             error = RuntimeError(f"{len(group)} grouped statements returned {len(rows)} rows")
-            for item in group:
-                _fail(item.future, error)
+            _fail_all(group, error)
             return True
         for item, row in zip(group, rows, strict=True):
             if not item.future.done():
@@ -356,6 +353,12 @@ async def _send_one(conn: Connection, item: _Queued) -> bool:
     if not item.future.done():
         item.future.set_result(row)
     return True
+
+
+def _fail_all(group: list[_Queued], exc: BaseException) -> None:
+    """The same error for every caller of a group."""
+    for item in group:
+        _fail(item.future, exc)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
