@@ -14,7 +14,7 @@ import httpx
 
 from shared.db.database import Database
 from shared.queue import Queue
-from shared.reports.generate import reports_at_once
+from shared.reports.generate import report_slots_for
 from shared.settings import Settings
 
 
@@ -29,10 +29,10 @@ class WorkerContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
-    report_slots: asyncio.Semaphore = field(init=False)  # see reports_at_once
+    report_slots: asyncio.Semaphore = field(init=False)  # see report_slots_for
 
     def __post_init__(self) -> None:
-        self.report_slots = asyncio.Semaphore(reports_at_once(self.settings.db_pool_size))
+        self.report_slots = asyncio.Semaphore(report_slots_for(self.settings.db_pool_size))
 
     @property
     def worker_id(self) -> str:

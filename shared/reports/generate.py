@@ -54,16 +54,17 @@ log = logging.getLogger("stockroom.reports")
 
 # A report holds up to four pooled connections while it runs (the writer's, the COPY
 # reader's, the summary's, and a short one for progress), taken one after another, and keeps
-# a PostgreSQL backend and a renderer busy. A worker process runs REPORTS_AT_ONCE at most, and
-# no more than its pool serves: more would each hold some connections and wait for the rest,
-# for ever. The others wait their turn (their leases renewed all the while). More reports at
-# once is a matter of more worker processes.
-REPORTS_AT_ONCE = 2
+# a PostgreSQL backend and a renderer busy. A worker process runs MAX_REPORTS_PER_WORKER at
+# most, and no more than its pool serves: more would each hold some connections and wait for
+# the rest, for ever. The others wait their turn (their leases renewed all the while). More
+# reports at a time is a matter of more worker processes.
+MAX_REPORTS_PER_WORKER = 2
 CONNECTIONS_PER_REPORT = 4
 
 
-def reports_at_once(pool_size: int) -> int:
-    return max(1, min(REPORTS_AT_ONCE, pool_size // CONNECTIONS_PER_REPORT))
+def report_slots_for(pool_size: int) -> int:
+    """How many reports a worker whose pool holds ``pool_size`` connections runs at a time."""
+    return max(1, min(MAX_REPORTS_PER_WORKER, pool_size // CONNECTIONS_PER_REPORT))
 
 
 class Progress(Protocol):
@@ -309,120 +310,35 @@ async def generate_report(
 ) -> dict[str, Any]:
     """Run one attempt at the report whose job is ``report_id`` (claimed by ``worker_id`` as
     its ``generation``); returns the job's result. The caller limits how many run at once
-    (``reports_at_once``)."""
+    (``report_slots_for``). The steps: stream the rows into storage (rendered on the way when
+    the format is not CSV), store the chart, publish both."""
     try:
         request = REPORT_REQUEST.validate_python(payload)
     except ValidationError as exc:
         raise PermanentJobError(f"the report request is not valid: {exc}") from None
-    definition = queries.definition(request)
-    fmt = request.format
-    blob_id = uuid.uuid4()
-    generated_at = datetime.now(UTC)
+    attempt = _Attempt(pool, report_id, request, settings, progress)
     await progress(0, force=True)
-    convert_proc: asyncio.subprocess.Process | None = None
-    charting: asyncio.Task[bytes] | None = None
     try:
         await charts.start()
         async with pool.acquire() as write_conn:
             await storage.discard_unpublished(write_conn, report_id)
             await storage.write_unpublished_asynchronously(write_conn)
             file = storage.ChunkWriter(
-                write_conn, report_id, blob_id, storage.PART_FILE, settings.max_bytes
+                write_conn, report_id, attempt.blob_id, storage.PART_FILE, settings.max_bytes
             )
-            async with (
-                pool.acquire() as read_conn,
-                read_conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                # The totals aggregate on a second connection in this same snapshot, while
-                # the rows stream on this one.
-                snapshot: str = await read_conn.fetchval("SELECT pg_export_snapshot()")
-                summarising = asyncio.create_task(_summarise(pool, snapshot, definition))
-                days = (
-                    [args[0] for args in definition.slices()]
-                    if definition.kind is ReportKind.movements
-                    else []
-                )
-                tracker = _RowProgress(progress, 5, 95, days)
-                summarising.add_done_callback(tracker.learn)
-                # The chart needs only the totals: it is drawn while the rows still stream.
-                charting = asyncio.create_task(_draw_chart(summarising, request, generated_at))
-                try:
-                    await progress(5, force=True)
-                    tracker.estimate(await queries.estimate_rows(read_conn, definition))
-                    if fmt is ReportFormat.csv:
-
-                        async def to_storage(data: bytes) -> None:
-                            await file.write(data)
-                            await tracker.feed(data)
-
-                        sink = _CopySink(pool, read_conn.get_server_pid(), to_storage)
-                        row_count = await sink.copy_rows(read_conn, definition)
-                        summary = await summarising
-                    else:
-                        convert_proc = await _spawn("convert")
-                        header = {
-                            "format": fmt.value,
-                            "columns": definition.columns,
-                            "document": {
-                                "kind": definition.kind.value,
-                                "generated_at": generated_at.isoformat(),
-                                "params": job_payload(request)["params"],
-                            },
-                            "sheet_names": [definition.sheet_name, "Totals"],
-                        }
-                        row_count, summary = await _convert(
-                            pool,
-                            read_conn,
-                            definition,
-                            convert_proc,
-                            header,
-                            file,
-                            tracker,
-                            summarising,
-                        )
-                finally:
-                    if not summarising.done():
-                        summarising.cancel()
-                        with contextlib.suppress(BaseException):
-                            await summarising
+            row_count, summary = await attempt.stream_rows(file)
             await file.close()
             await progress(95, force=True)
-
-            png = await charting
-            chart = storage.ChunkWriter(write_conn, report_id, blob_id, storage.PART_CHART)
-            await chart.write(png)
-            await chart.close()
+            chart_bytes = await attempt.store_chart(write_conn)
             await progress(97, force=True)
-
-            published = await storage.publish(
-                write_conn,
-                report_id,
-                worker_id,
-                generation,
-                storage.Published(
-                    blob_id=blob_id,
-                    filename=filename(definition.kind, fmt, report_id, generated_at),
-                    content_type=CONTENT_TYPES[fmt],
-                    row_count=row_count,
-                    size_bytes=file.size,
-                    chart_bytes=chart.size,
-                    totals=summary.totals,
-                    generated_at=generated_at,
-                    retention_hours=settings.retention_hours,
-                ),
+            published = await attempt.publish(
+                write_conn, worker_id, generation, file.size, chart_bytes, row_count, summary
             )
         if not published:
             await asyncio.sleep(REFUSED_PUBLISH_WAIT_SECONDS)
             raise TransientJobError("the report's job is no longer this worker's to finish")
     except BaseException as exc:
-        await _kill(convert_proc)
-        if charting is not None:  # a chart being drawn for this report stops its renderer
-            charting.cancel()
-            with contextlib.suppress(BaseException):
-                await charting
-        with contextlib.suppress(Exception):
-            async with pool.acquire() as conn:
-                await storage.discard_blob(conn, report_id, blob_id)
+        await attempt.abandon()
         if isinstance(exc, storage.ReportTooLarge):
             raise PermanentJobError(str(exc)) from None
         raise
@@ -437,6 +353,159 @@ async def generate_report(
         "size_bytes": file.size,
         "totals": _overall(summary.totals),
     }
+
+
+class _Attempt:
+    """One attempt at one report: its blob (invisible until published), the converter and the
+    chart it may have running, and the steps ``generate_report`` takes in order."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        report_id: uuid.UUID,
+        request: queries.AnyRequest,
+        settings: ReportSettings,
+        progress: Progress,
+    ) -> None:
+        self.pool = pool
+        self.report_id = report_id
+        self.request = request
+        self.definition = queries.definition(request)
+        self.settings = settings
+        self.progress = progress
+        self.blob_id = uuid.uuid4()
+        self.generated_at = datetime.now(UTC)
+        self.converter: asyncio.subprocess.Process | None = None
+        self.charting: asyncio.Task[bytes] | None = None
+
+    async def stream_rows(self, file: storage.ChunkWriter) -> tuple[int, queries.Summary]:
+        """Query and stream: the rows go into ``file`` while the totals aggregate on a second
+        connection in the same snapshot and the chart is drawn from them; the number of rows
+        and the summary."""
+        pool, definition = self.pool, self.definition
+        async with (
+            pool.acquire() as read_conn,
+            read_conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            snapshot: str = await read_conn.fetchval("SELECT pg_export_snapshot()")
+            summarising = asyncio.create_task(_summarise(pool, snapshot, definition))
+            days = (
+                [args[0] for args in definition.slices()]
+                if definition.kind is ReportKind.movements
+                else []
+            )
+            tracker = _RowProgress(self.progress, 5, 95, days)
+            summarising.add_done_callback(tracker.learn)
+            # The chart needs only the totals: it is drawn while the rows still stream.
+            self.charting = asyncio.create_task(
+                _draw_chart(summarising, self.request, self.generated_at)
+            )
+            try:
+                await self.progress(5, force=True)
+                tracker.estimate(await queries.estimate_rows(read_conn, definition))
+                return await self._store_rows(read_conn, file, tracker, summarising)
+            finally:
+                if not summarising.done():
+                    summarising.cancel()
+                    with contextlib.suppress(BaseException):
+                        await summarising
+
+    async def _store_rows(
+        self,
+        read_conn: Any,
+        file: storage.ChunkWriter,
+        tracker: _RowProgress,
+        summarising: asyncio.Task[queries.Summary],
+    ) -> tuple[int, queries.Summary]:
+        """CSV is PostgreSQL's own output, stored as it arrives; JSON and XLSX are rendered on
+        the way by the converter, a child process."""
+        if self.request.format is not ReportFormat.csv:
+            self.converter = await _spawn("convert")
+            header = self._converter_header()
+            return await _convert(
+                self.pool,
+                read_conn,
+                self.definition,
+                self.converter,
+                header,
+                file,
+                tracker,
+                summarising,
+            )
+
+        async def to_storage(data: bytes) -> None:
+            await file.write(data)
+            await tracker.feed(data)
+
+        sink = _CopySink(self.pool, read_conn.get_server_pid(), to_storage)
+        row_count = await sink.copy_rows(read_conn, self.definition)
+        return row_count, await summarising
+
+    def _converter_header(self) -> dict[str, Any]:
+        """The converter's first line: what to render and around which document."""
+        definition = self.definition
+        return {
+            "format": self.request.format.value,
+            "columns": definition.columns,
+            "document": {
+                "kind": definition.kind.value,
+                "generated_at": self.generated_at.isoformat(),
+                "params": job_payload(self.request)["params"],
+            },
+            "sheet_names": [definition.sheet_name, "Totals"],
+        }
+
+    async def store_chart(self, write_conn: Any) -> int:
+        """Store the chart drawn while the rows streamed; its size in bytes."""
+        assert self.charting is not None
+        png = await self.charting
+        chart = storage.ChunkWriter(write_conn, self.report_id, self.blob_id, storage.PART_CHART)
+        await chart.write(png)
+        await chart.close()
+        return chart.size
+
+    async def publish(
+        self,
+        write_conn: Any,
+        worker_id: str,
+        generation: int,
+        size_bytes: int,
+        chart_bytes: int,
+        row_count: int,
+        summary: queries.Summary,
+    ) -> bool:
+        """Make the file and chart visible in one transaction, if the job is still this
+        attempt's (``worker_id`` and ``generation``); whether it was."""
+        kind, fmt = self.definition.kind, self.request.format
+        return await storage.publish(
+            write_conn,
+            self.report_id,
+            worker_id,
+            generation,
+            storage.Published(
+                blob_id=self.blob_id,
+                filename=filename(kind, fmt, self.report_id, self.generated_at),
+                content_type=CONTENT_TYPES[fmt],
+                row_count=row_count,
+                size_bytes=size_bytes,
+                chart_bytes=chart_bytes,
+                totals=summary.totals,
+                generated_at=self.generated_at,
+                retention_hours=self.settings.retention_hours,
+            ),
+        )
+
+    async def abandon(self) -> None:
+        """After a failure or a cancellation: stop the converter and this report's chart,
+        delete what this attempt stored (nothing of it was published)."""
+        await _kill(self.converter)
+        if self.charting is not None:  # a chart being drawn for this report stops its renderer
+            self.charting.cancel()
+            with contextlib.suppress(BaseException):
+                await self.charting
+        with contextlib.suppress(Exception):
+            async with self.pool.acquire() as conn:
+                await storage.discard_blob(conn, self.report_id, self.blob_id)
 
 
 def _overall(totals: dict[str, Any]) -> dict[str, Any]:
