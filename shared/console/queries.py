@@ -137,8 +137,8 @@ async def list_reports(conn: Connection, limit: int, cursor: str | None) -> Page
     items = [
         ReportRow(
             id=r["id"],
-            kind=r["payload"]["kind"],
-            format=r["payload"]["format"],
+            kind=ReportKind(r["payload"]["kind"]),
+            format=ReportFormat(r["payload"]["format"]),
             params=r["payload"].get("params", {}),
             status=JobStatus(r["status"]),
             progress=r["progress"],
