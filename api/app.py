@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import problems
+from api import console, problems
 from api.deps import AppState
 from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)
     app.include_router(metrics_router)
+    console.install(app)
 
     if settings.allowed_origins:
         app.add_middleware(

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=500)
     report_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     report_retention_hours: int = Field(default=24 * 7, ge=1)
+    # How long an ops console sign-in lasts (api.console); the key is re-checked on every page.
+    console_session_hours: int = Field(default=8, ge=1, le=24 * 30)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

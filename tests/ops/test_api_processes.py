@@ -12,7 +12,7 @@ import httpx
 
 from shared.embedded import free_port
 from tests.conftest import Env
-from tests.waiting import eventually
+from tests.waiting import answers, eventually
 
 
 def _healthz_count(metrics: str) -> float:
@@ -37,14 +37,7 @@ async def test_two_api_processes_share_one_metrics_view(env: Env) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=30, what="the API to answer")
+            await eventually(lambda: answers(client), timeout=30, what="the API to answer")
             before = _healthz_count((await client.get("/metrics")).text)
             n = 60
             for _ in range(n):  # a connection each: the kernel spreads them over both
