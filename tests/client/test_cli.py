@@ -1,0 +1,109 @@
+"""``stockroom-client`` against a real API process, run from a venv holding only httpx,
+pydantic and rich: exit statuses, ``--json`` output, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.db.database import Database
+from tests.client.conftest import REPO, on_hand
+from tests.conftest import Env
+from tests.worker_support import WorkerFactory
+
+
+@pytest.fixture
+def cli(client_only_python: Path, api_url: str, key: str, env: Env, tmp_path: Path) -> Any:
+    def run(*args: str, url: str = api_url) -> subprocess.CompletedProcess[str]:
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "STOCKROOM_API_KEY": key,
+        }
+        return subprocess.run(
+            [str(client_only_python), "-m", "stockroom_client.cli", "--url", url, *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    return run
+
+
+async def test_restock_prints_json_for_scripts_and_text_for_people(
+    cli: Any, db: Database, products: list[str]
+) -> None:
+    done = cli("--json", "restock", "BOLT-M8", "5", "--reference", "po-9")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["stock"]["quantity"] == 5 and answer["movement"]["reference"] == "po-9"
+    human = cli("restock", "BOLT-M8", "2", "--location", "DOCK-2")
+    assert human.returncode == 0, human.stderr
+    assert "Restocked 2 x BOLT-M8 at DOCK-2: now 2" in human.stdout
+    assert "\x1b[" not in human.stdout  # no colours when stdout is not a terminal
+    assert await on_hand(db, "BOLT-M8") == 7
+
+
+async def test_a_failed_request_exits_1_with_the_problem_and_no_traceback(
+    cli: Any, products: list[str]
+) -> None:
+    refused = cli("restock", "NOPE-1", "5")
+    assert refused.returncode == 1
+    assert "Unknown reference: unknown SKU NOPE-1" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    as_json = cli("--json", "job", "00000000-0000-4000-8000-000000000000")
+    assert as_json.returncode == 1 and as_json.stdout == ""
+    assert json.loads(as_json.stderr)["error"]["status"] == 404
+    unreachable = cli("--attempts", "1", "job", "x", url="http://127.0.0.1:9")
+    assert unreachable.returncode == 1 and "ConnectError" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_usage_errors_exit_2(cli: Any) -> None:
+    assert cli("restock", "BOLT-M8", "five").returncode == 2
+    assert cli("report", "valuation").returncode == 2  # --format is required
+    assert cli("frobnicate").returncode == 2
+    bad_param = cli("report", "valuation", "--format", "csv", "--param", "category")
+    assert bad_param.returncode == 2 and "name=value" in bad_param.stderr
+
+
+async def test_import_report_and_jobs_through_the_cli(
+    cli: Any,
+    db: Database,
+    products: list[str],
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    start_worker()
+    (tmp_path / "delivery.csv").write_text("sku,quantity\nBOLT-M8,3\nNUT-M8,4\nNOPE-1,1\n")
+    atomic = cli("--json", "import", "delivery.csv")
+    assert atomic.returncode == 1, atomic.stderr  # a line was rejected: nothing applied
+    summary = json.loads(atomic.stdout)
+    assert (summary["applied"], summary["rejected"]) == (0, 1)
+    assert summary["errors"] == [{"line": 4, "sku": "NOPE-1", "reason": "unknown SKU NOPE-1"}]
+    per_line = cli("import", "delivery.csv", "--mode", "per_line")
+    assert per_line.returncode == 1
+    assert "Rejected lines" in per_line.stdout and "unknown SKU NOPE-1" in per_line.stdout
+    assert await on_hand(db, "BOLT-M8") == 3 and await on_hand(db, "NUT-M8") == 4
+
+    report = cli("--json", "report", "valuation", "--format", "csv", "--out", "v.csv")
+    assert report.returncode == 0, report.stderr
+    saved = json.loads(report.stdout)
+    assert saved["path"] == "v.csv" and (tmp_path / "v.csv").stat().st_size == saved["size_bytes"]
+
+    job = cli("--json", "job", saved["report_id"])
+    assert job.returncode == 0 and json.loads(job.stdout)["status"] == "complete"
+    failed = cli("--json", "jobs", "--failed")
+    assert failed.returncode == 0 and json.loads(failed.stdout)["items"] == []
+    imports = json.loads(cli("--json", "jobs", "--kind", "import").stdout)["items"]
+    assert [j["status"] for j in imports] == ["complete", "complete"]
+    retried = cli("--json", "retry", imports[0]["id"])
+    assert retried.returncode == 1 and "job-state-conflict" in retried.stderr
+    audit = cli("--json", "audit", "--action", "inventory.imported")
+    assert audit.returncode == 0
