@@ -255,7 +255,8 @@ async def _advance(
         if status != "UPDATE 1":
             raise ImportSuperseded(f"import {job.job_id} was advanced by another claim")
         if applied:
-            await conn.execute(_INCREMENT_LEVELS, start, through)
+            # the ledger first: the levels' row locks, which restocks of the same SKUs wait
+            # for, are then held only for the last statement and the commit
             await conn.execute(
                 _APPEND_MOVEMENTS,
                 start,
@@ -264,6 +265,7 @@ async def _advance(
                 job.actor.key_id,
                 job.actor.request_id,
             )
+            await conn.execute(_INCREMENT_LEVELS, start, through)
     run.lines_done = through
     run.applied += applied
     run.rejected += counts["rejected"]
