@@ -3,7 +3,9 @@ pydantic and rich: exit statuses, ``--json`` output, errors without tracebacks."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.db.database import Database
+from stockroom_client import AsyncClient
 from tests.client.conftest import REPO, on_hand
 from tests.conftest import Env
 from tests.worker_support import WorkerFactory
@@ -107,3 +110,36 @@ async def test_import_report_and_jobs_through_the_cli(
     assert retried.returncode == 1 and "job-state-conflict" in retried.stderr
     audit = cli("--json", "audit", "--action", "inventory.imported")
     assert audit.returncode == 0
+
+
+async def test_audit_follow_prints_new_entries_as_json_lines(
+    client_only_python: Path,
+    api_url: str,
+    key: str,
+    products: list[str],
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    start_worker()
+    command = [str(client_only_python), "-m", "stockroom_client.cli", "--url", api_url]
+    follower = subprocess.Popen(
+        [*command, "--json", "audit", "--follow", "--action", "inventory.restocked"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "STOCKROOM_API_KEY": key},
+        cwd=tmp_path,
+    )
+    try:
+        async with AsyncClient(api_url, key) as sr:
+            await sr.restock("BOLT-M8", 3, reference="followed")
+        assert follower.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(follower.stdout.readline), 60)
+        entry = json.loads(line)
+        assert entry["action"] == "inventory.restocked"
+        assert entry["payload"]["reference"] == "followed"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=10)
+    assert follower.returncode == 130
+    assert "Traceback" not in (follower.stderr.read() if follower.stderr else "")
