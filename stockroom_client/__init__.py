@@ -2,7 +2,7 @@
 safe retries (every POST carries an ``Idempotency-Key``), jobs waited for, reports downloaded.
 Needs only httpx and pydantic (and rich for the ``stockroom-client`` command)."""
 
-from stockroom_client.client import AsyncClient, Client
+from stockroom_client.client import AsyncClient, Client, Options
 from stockroom_client.errors import (
     ApiError,
     BadRequest,
@@ -42,6 +42,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "NotFound",
+    "Options",
     "PayloadTooLarge",
     "PreconditionFailed",
     "RateLimited",

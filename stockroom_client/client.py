@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
 
 import httpx
 
@@ -42,27 +42,33 @@ DEFAULT_TIMEOUT = 30.0
 JobHook = Callable[[Job], None]
 
 
+class Options(TypedDict, total=False):
+    """The clients' keyword options. ``timeout``: seconds per attempt (default 30);
+    ``retry``: attempts and backoff (``RetryPolicy()``); ``on_retry``: called before each
+    retry (default: a warning on the ``stockroom_client`` logger); ``headers``: sent with
+    every request."""
+
+    timeout: float
+    retry: RetryPolicy
+    on_retry: RetryHook
+    headers: dict[str, str]
+
+
 class _Base:
     """What both clients share: the settings, the decision after each attempt, and the
     steps of waiting for a job."""
 
-    def __init__(
-        self,
-        *,
-        retry: RetryPolicy | None,
-        on_retry: RetryHook | None,
-    ) -> None:
-        self.retry = retry or RetryPolicy()
-        self.on_retry = on_retry or log_retry
-
-    @staticmethod
-    def _http_options(
-        url: str, key: str | None, timeout: float, headers: dict[str, str] | None
-    ) -> dict[str, Any]:
-        sent = {"User-Agent": USER_AGENT, **(headers or {})}
+    def __init__(self, url: str, key: str | None, options: Options) -> None:
+        self.retry = options.get("retry") or RetryPolicy()
+        self.on_retry = options.get("on_retry") or log_retry
+        headers = {"User-Agent": USER_AGENT, **options.get("headers", {})}
         if key:
-            sent["Authorization"] = f"Bearer {key}"
-        return {"base_url": url.rstrip("/"), "headers": sent, "timeout": timeout}
+            headers["Authorization"] = f"Bearer {key}"
+        self._http_options: dict[str, Any] = {
+            "base_url": url.rstrip("/"),
+            "headers": headers,
+            "timeout": options.get("timeout", DEFAULT_TIMEOUT),
+        }
 
     def _after(
         self,
@@ -153,26 +159,19 @@ def _async(build: Callable[P, Call[R]]) -> Callable[Concatenate[AsyncClient, P],
 
 
 class Client(_Base):
-    """The synchronous client. ``Client(url, key)``; use as a context manager or ``close()``.
-
-    ``retry``: attempts and backoff (``RetryPolicy``); ``on_retry``: called before each retry
-    (default: a log line on the ``stockroom_client`` logger); ``timeout``: seconds per
-    attempt; ``transport``: an httpx transport (tests, proxies)."""
+    """The synchronous client: ``Client(url, key, **Options)``, as a context manager or
+    ``close()``d. ``transport``: an httpx transport (tests, proxies)."""
 
     def __init__(
         self,
         url: str,
         key: str | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        on_retry: RetryHook | None = None,
-        headers: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        super().__init__(retry=retry, on_retry=on_retry)
-        options = self._http_options(url, key, timeout, headers)
-        self._http = httpx.Client(transport=transport, **options)
+        super().__init__(url, key, options)
+        self._http = httpx.Client(transport=transport, **self._http_options)
 
     def __enter__(self) -> Client:
         return self
@@ -271,15 +270,11 @@ class AsyncClient(_Base):
         url: str,
         key: str | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        on_retry: RetryHook | None = None,
-        headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        **options: Unpack[Options],
     ) -> None:
-        super().__init__(retry=retry, on_retry=on_retry)
-        options = self._http_options(url, key, timeout, headers)
-        self._http = httpx.AsyncClient(transport=transport, **options)
+        super().__init__(url, key, options)
+        self._http = httpx.AsyncClient(transport=transport, **self._http_options)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -18,6 +18,7 @@ ones as restocks — set-based, in bounded memory, exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ CREATE TEMPORARY TABLE import_lines (
     reference text, note text, reason text, product_id bigint, location_id integer
 )
 """
+_DROP_LINES = "DROP TABLE IF EXISTS pg_temp.import_lines"
 _COPY_COLUMNS = ["line", "sku", "location_code", "quantity", "reference", "note", "reason"]
 
 # Unknown SKUs and locations, archived products: set-based, once for the whole file.
@@ -169,16 +171,21 @@ async def run_import(db: Database, job: ImportJob, progress: Progress) -> Import
         run = await _claim(conn, job)
         if run.result is not None:
             return ImportOutcome(run.result)
-        await conn.execute("DROP TABLE IF EXISTS pg_temp.import_lines")
+        await conn.execute(_DROP_LINES)  # left by a run that was cancelled on this connection
         await conn.execute(_LINES_TABLE)
         try:
             lines, last_line = await _load(conn, db, job, progress)
             for statement in _RESOLVE:
                 await conn.execute(statement)
             await _apply(conn, job, run, last_line, progress)
-            return await _finish(conn, job, run, lines)
-        finally:
-            await conn.execute("DROP TABLE IF EXISTS pg_temp.import_lines")
+            outcome = await _finish(conn, job, run, lines)
+        except Exception:
+            with contextlib.suppress(Exception):  # the error is the one to report
+                await conn.execute(_DROP_LINES)
+            raise
+        # (not on a cancellation: the connection may be mid-statement; the next run drops it)
+        await conn.execute(_DROP_LINES)
+        return outcome
 
 
 async def _claim(conn: Connection, job: ImportJob) -> _Run:

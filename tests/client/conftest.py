@@ -70,9 +70,9 @@ async def on_hand(db: Database, sku: str) -> int:
     return int(value)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api_url(env: Env) -> Iterator[str]:
-    """A real API process (uvicorn) on a free port, for the module's tests."""
+    """A real API process (uvicorn) on a free port, started once for the client's tests."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
