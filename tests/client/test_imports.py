@@ -10,6 +10,7 @@ import pytest
 
 from api.app import create_app
 from shared.db.database import Database
+from shared.imports import runner
 from shared.imports.runner import ImportJob, ImportSuperseded, run_import
 from stockroom_client import (
     AsyncClient,
@@ -189,3 +190,33 @@ async def test_an_older_claim_of_an_import_is_fenced_off(
     assert await count(db, "SELECT count(*) FROM movements") == 0
     assert (await run_import(db, newer, _no_progress)).result["applied"] == 1
     assert await on_hand(db, "BOLT-M8") == 3
+
+
+class _Crash(Exception):
+    """Stands for the worker dying between two batches."""
+
+
+async def test_a_per_line_import_cut_short_resumes_after_its_last_committed_batch(
+    sr: AsyncClient, db: Database, products: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "PER_LINE_BATCH", 2)
+    body = b"sku,quantity\nBOLT-M8,1\nNUT-M8,2\nNOPE-1,3\nWASHER-M8,4\nBOLT-M8,5\n"
+    job = await _queued_import(sr, db, body, "per_line")
+
+    async def crash_after_the_first_batch(percent: int) -> None:
+        if 50 < percent < 100:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        await run_import(db, job, crash_after_the_first_batch)
+    # the first batch (lines 1-2: the header and BOLT-M8,1) committed, nothing after it
+    assert await count(db, "SELECT count(*) FROM movements") == 1
+    assert await on_hand(db, "BOLT-M8") == 1 and await on_hand(db, "NUT-M8") == 0
+
+    again = dataclasses.replace(job, generation=job.generation + 1)  # the job reclaimed
+    result = (await run_import(db, again, _no_progress)).result
+    assert (result["lines"], result["applied"], result["rejected"]) == (5, 4, 1)
+    assert result["errors"] == [{"line": 4, "sku": "NOPE-1", "reason": "unknown SKU NOPE-1"}]
+    assert await on_hand(db, "BOLT-M8") == 6 and await on_hand(db, "NUT-M8") == 2
+    assert await on_hand(db, "WASHER-M8") == 4
+    assert await count(db, "SELECT count(*) FROM movements") == 4
