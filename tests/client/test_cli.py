@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import signal
 import subprocess
 from pathlib import Path
@@ -143,3 +145,51 @@ async def test_audit_follow_prints_new_entries_as_json_lines(
         follower.wait(timeout=10)
     assert follower.returncode == 130
     assert "Traceback" not in (follower.stderr.read() if follower.stderr else "")
+
+
+async def test_on_a_terminal_an_import_shows_a_progress_bar_and_tables_in_colour(
+    client_only_python: Path,
+    api_url: str,
+    key: str,
+    products: list[str],
+    start_worker: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    start_worker()
+    (tmp_path / "d.csv").write_text("sku,quantity\nBOLT-M8,3\nNOPE-1,1\n")
+    controller, terminal = pty.openpty()
+    command = [str(client_only_python), "-m", "stockroom_client.cli", "--url", api_url]
+    proc = subprocess.Popen(
+        [*command, "import", "d.csv", "--mode", "per_line"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "STOCKROOM_API_KEY": key,
+            "TERM": "xterm-256color",
+            "COLUMNS": "120",
+        },
+        cwd=tmp_path,
+    )
+    os.close(terminal)
+    screen = bytearray()
+
+    def read_all() -> None:
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the command is done
+                return
+            if not data:
+                return
+            screen.extend(data)
+
+    await asyncio.wait_for(asyncio.to_thread(read_all), 90)
+    os.close(controller)
+    assert proc.wait(timeout=10) == 1  # a line was rejected
+    text = screen.decode(errors="replace")
+    assert "import d.csv" in text and "100%" in text  # the bar, finished
+    assert "\x1b[" in text  # colours on a terminal
+    assert "Rejected lines" in text and "unknown SKU NOPE-1" in text

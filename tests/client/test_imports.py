@@ -22,6 +22,7 @@ from stockroom_client import (
 from stockroom_client.calls import Call
 from tests.client.conftest import on_hand
 from tests.conftest import Env, count
+from tests.waiting import eventually
 from tests.worker_support import WorkerFactory
 
 GOOD_AND_BAD = (
@@ -73,16 +74,15 @@ async def test_a_per_line_import_applies_every_valid_line(
     assert await on_hand(db, "WASHER-M8") == 7
     assert await count(db, "SELECT count(*) FROM movements WHERE reason = 'restock'") == 3
     assert await count(db, "SELECT count(*) FROM movements WHERE reference = 'po-1'") == 1
-    # the upload is gone once the import is over; one audit event for the whole import
-    assert await count(db, "SELECT count(*) FROM import_uploads") == 0
-    assert (
-        await count(
-            db,
-            "SELECT count(*) FROM jobs WHERE kind = 'audit'"
-            " AND payload->>'action' = 'inventory.imported'",
-        )
-        == 1
-    )
+    assert await count(db, "SELECT count(*) FROM import_uploads") == 0  # gone once over
+
+    async def audited() -> bool:  # one entry for the whole import, written by the worker
+        return len((await sr.list_audit(action="inventory.imported")).items) == 1
+
+    await eventually(audited, timeout=30, what="the import's audit entry")
+    (entry,) = (await sr.list_audit(action="inventory.imported")).items
+    assert entry.payload["applied"] == 3 and entry.payload["mode"] == "per_line"
+    assert entry.actor.name == "client-tests"
 
 
 async def test_ten_thousand_lines_report_progress_up_to_100(
