@@ -9,40 +9,55 @@ import os
 import pty
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from shared.db.database import Database
 from stockroom_client import AsyncClient
 from tests.client.conftest import REPO, on_hand
-from tests.conftest import Env
 from tests.worker_support import WorkerFactory
 
 
-@pytest.fixture
-def cli(client_only_python: Path, api_url: str, key: str, env: Env, tmp_path: Path) -> Any:
-    def run(*args: str, url: str = api_url) -> subprocess.CompletedProcess[str]:
-        environment = {
+@dataclass(frozen=True)
+class Cli:
+    """``stockroom-client`` in the venv holding only httpx, pydantic and rich."""
+
+    python: Path
+    url: str
+    key: str
+    cwd: Path
+
+    def command(self, *args: str, url: str | None = None) -> list[str]:
+        return [str(self.python), "-m", "stockroom_client.cli", "--url", url or self.url, *args]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(REPO),
-            "STOCKROOM_API_KEY": key,
+            "STOCKROOM_API_KEY": self.key,
+            **extra,
         }
+
+    def __call__(self, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(client_only_python), "-m", "stockroom_client.cli", "--url", url, *args],
+            self.command(*args, url=url),
             capture_output=True,
             text=True,
-            env=environment,
-            cwd=tmp_path,
+            env=self.env(),
+            cwd=self.cwd,
             timeout=120,
         )
 
-    return run
+
+@pytest.fixture
+def cli(client_only_python: Path, api_url: str, key: str, tmp_path: Path) -> Cli:
+    return Cli(client_only_python, api_url, key, tmp_path)
 
 
 async def test_restock_prints_json_for_scripts_and_text_for_people(
-    cli: Any, db: Database, products: list[str]
+    cli: Cli, db: Database, products: list[str]
 ) -> None:
     done = cli("--json", "restock", "BOLT-M8", "5", "--reference", "po-9")
     assert done.returncode == 0, done.stderr
@@ -56,7 +71,7 @@ async def test_restock_prints_json_for_scripts_and_text_for_people(
 
 
 async def test_a_failed_request_exits_1_with_the_problem_and_no_traceback(
-    cli: Any, products: list[str]
+    cli: Cli, products: list[str]
 ) -> None:
     refused = cli("restock", "NOPE-1", "5")
     assert refused.returncode == 1
@@ -70,7 +85,7 @@ async def test_a_failed_request_exits_1_with_the_problem_and_no_traceback(
     assert "Traceback" not in unreachable.stderr
 
 
-def test_usage_errors_exit_2(cli: Any) -> None:
+def test_usage_errors_exit_2(cli: Cli) -> None:
     assert cli("restock", "BOLT-M8", "five").returncode == 2
     assert cli("report", "valuation").returncode == 2  # --format is required
     assert cli("frobnicate").returncode == 2
@@ -79,7 +94,7 @@ def test_usage_errors_exit_2(cli: Any) -> None:
 
 
 async def test_import_report_and_jobs_through_the_cli(
-    cli: Any,
+    cli: Cli,
     db: Database,
     products: list[str],
     start_worker: WorkerFactory,
@@ -115,25 +130,19 @@ async def test_import_report_and_jobs_through_the_cli(
 
 
 async def test_audit_follow_prints_new_entries_as_json_lines(
-    client_only_python: Path,
-    api_url: str,
-    key: str,
-    products: list[str],
-    start_worker: WorkerFactory,
-    tmp_path: Path,
+    cli: Cli, products: list[str], start_worker: WorkerFactory
 ) -> None:
     start_worker()
-    command = [str(client_only_python), "-m", "stockroom_client.cli", "--url", api_url]
     follower = subprocess.Popen(
-        [*command, "--json", "audit", "--follow", "--action", "inventory.restocked"],
+        cli.command("--json", "audit", "--follow", "--action", "inventory.restocked"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "STOCKROOM_API_KEY": key},
-        cwd=tmp_path,
+        env=cli.env(),
+        cwd=cli.cwd,
     )
     try:
-        async with AsyncClient(api_url, key) as sr:
+        async with AsyncClient(cli.url, cli.key) as sr:
             await sr.restock("BOLT-M8", 3, reference="followed")
         assert follower.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(follower.stdout.readline), 60)
@@ -148,30 +157,18 @@ async def test_audit_follow_prints_new_entries_as_json_lines(
 
 
 async def test_on_a_terminal_an_import_shows_a_progress_bar_and_tables_in_colour(
-    client_only_python: Path,
-    api_url: str,
-    key: str,
-    products: list[str],
-    start_worker: WorkerFactory,
-    tmp_path: Path,
+    cli: Cli, products: list[str], start_worker: WorkerFactory
 ) -> None:
     start_worker()
-    (tmp_path / "d.csv").write_text("sku,quantity\nBOLT-M8,3\nNOPE-1,1\n")
+    (cli.cwd / "d.csv").write_text("sku,quantity\nBOLT-M8,3\nNOPE-1,1\n")
     controller, terminal = pty.openpty()
-    command = [str(client_only_python), "-m", "stockroom_client.cli", "--url", api_url]
     proc = subprocess.Popen(
-        [*command, "import", "d.csv", "--mode", "per_line"],
+        cli.command("import", "d.csv", "--mode", "per_line"),
         stdin=terminal,
         stdout=terminal,
         stderr=terminal,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "STOCKROOM_API_KEY": key,
-            "TERM": "xterm-256color",
-            "COLUMNS": "120",
-        },
-        cwd=tmp_path,
+        env=cli.env(TERM="xterm-256color", COLUMNS="120"),
+        cwd=cli.cwd,
     )
     os.close(terminal)
     screen = bytearray()
