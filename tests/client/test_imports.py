@@ -220,3 +220,14 @@ async def test_a_per_line_import_cut_short_resumes_after_its_last_committed_batc
     assert await on_hand(db, "BOLT-M8") == 6 and await on_hand(db, "NUT-M8") == 2
     assert await on_hand(db, "WASHER-M8") == 4
     assert await count(db, "SELECT count(*) FROM movements") == 4
+
+
+async def test_at_most_1000_errors_are_listed_and_every_rejection_counted(
+    sr: AsyncClient, db: Database, products: list[str]
+) -> None:
+    lines = [b"sku,quantity", b"BOLT-M8,1"] + [b"NOPE-%d,1" % i for i in range(1200)]
+    job = await _queued_import(sr, db, b"\n".join(lines), "per_line")
+    result = (await run_import(db, job, _no_progress)).result
+    assert (result["lines"], result["applied"], result["rejected"]) == (1201, 1, 1200)
+    assert len(result["errors"]) == 1000
+    assert [e["line"] for e in result["errors"]] == list(range(3, 1003))  # the first ones
