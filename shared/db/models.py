@@ -315,7 +315,7 @@ class ReportChunk(Base):
 
 class ImportUpload(Base):
     """An uploaded import CSV (``POST /inventory/imports``), named by its job's payload (and
-    so by a retry of the job too); deleted when the import completes."""
+    so by a retry of the job too); its chunks are deleted when the import completes."""
 
     __tablename__ = "import_uploads"
 
@@ -340,14 +340,18 @@ class ImportChunk(Base):
 
 
 class ImportRun(Base):
-    """An import job's effects so far, written in the same transaction as them and fenced by
-    the job's generation: the lines applied through ``lines_done``, the counts and errors of
-    those lines, and the ``result`` once the import is over (its audit event written)."""
+    """An upload's import so far, written in the same transaction as its effects and fenced
+    by the job (a retry of a failed or cancelled import takes over) and its generation: the
+    lines applied through ``lines_done``, the counts and errors of those lines, and the
+    ``result`` once the import is over (its audit event written)."""
 
     __tablename__ = "import_runs"
 
+    upload_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("import_uploads.id", ondelete="CASCADE"), primary_key=True
+    )
     job_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
     )
     generation: Mapped[int] = mapped_column(Integer, nullable=False)
     lines_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))

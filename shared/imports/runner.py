@@ -6,14 +6,16 @@ ones as restocks — set-based, in bounded memory, exactly once.
 - Lines are applied in batches of line numbers (all of them in one for ``atomic``): a batch
   increments the stock levels it touches in one statement, in ``lock_order`` (SKU, location
   code) as batches and transfers do, and appends one ledger movement per line.
-- Exactly once: ``import_runs`` holds the lines applied so far. A batch's transaction first
-  advances it, naming the job's generation and the line it expects to start after (a
-  compare-and-set), then writes the batch: a copy of the job that is no longer the current
-  claim, or a second run of a batch already committed, changes nothing. A run claims the
-  record for its generation before it starts, so an older copy still running is fenced off
-  at its next batch. A re-run after a crash resumes after the last batch committed.
+- Exactly once: ``import_runs`` holds, per upload, the lines applied so far. A batch's
+  transaction first advances it, naming the job, its generation and the line it expects to
+  start after (a compare-and-set), then writes the batch: a copy of the job that is no longer
+  the current claim, or a second run of a batch already committed, changes nothing. A run
+  claims the record for its job and generation before it starts, so an older copy still
+  running is fenced off at its next batch. A re-run after a crash resumes after the last batch
+  committed; so does a retry of a failed or cancelled import (``POST /jobs/{id}/retry``: a new
+  job, the same upload), once the job it retries is over.
 - The end is one more fenced transaction: the result, the import's one audit event, and the
-  upload deleted. A re-run after it returns the stored result.
+  upload's file deleted. A re-run after it returns the stored result.
 """
 
 from __future__ import annotations
@@ -81,20 +83,21 @@ class ImportOutcome:
 @dataclass(slots=True)
 class _Run:
     lines_done: int
-    applied: int
-    rejected: int
     errors_listed: int
     result: dict[str, Any] | None
 
 
-# The run's record, taken over by this generation (a newer claim of the job supersedes the
-# older: its next batch finds the generation changed). No row: an older generation than the
-# record's, which must not run.
+# The upload's run record, taken over by this claim: by a newer generation of its job (the
+# older copy's next batch finds the generation changed), or by another job — a retry of a
+# failed or cancelled import, which resumes where that one stopped — once the job holding it
+# is over. No row: this claim must not run.
 _CLAIM_RUN = """
-INSERT INTO import_runs AS r (job_id, generation) VALUES ($1, $2)
-ON CONFLICT (job_id) DO UPDATE SET generation = excluded.generation
-    WHERE r.generation <= excluded.generation
-RETURNING lines_done, applied, rejected, jsonb_array_length(errors) AS errors_listed, result
+INSERT INTO import_runs AS r (upload_id, job_id, generation) VALUES ($1, $2, $3)
+ON CONFLICT (upload_id) DO UPDATE SET job_id = excluded.job_id, generation = excluded.generation
+    WHERE CASE WHEN r.job_id = excluded.job_id THEN r.generation <= excluded.generation
+          ELSE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id
+                           AND j.status IN ('queued', 'in_progress')) END
+RETURNING lines_done, jsonb_array_length(errors) AS errors_listed, result
 """
 
 _LINES_TABLE = """
@@ -128,7 +131,8 @@ _RESOLVE = (
 _ADVANCE = """
 UPDATE import_runs SET lines_done = $4, applied = applied + $5, rejected = rejected + $6,
     errors = errors || $7::jsonb
-WHERE job_id = $1 AND generation = $2 AND lines_done = $3 AND result IS NULL
+WHERE upload_id = $8 AND job_id = $1 AND generation = $2 AND lines_done = $3
+  AND result IS NULL
 """
 
 _BATCH_COUNTS = """
@@ -160,8 +164,10 @@ FROM import_lines WHERE reason IS NULL AND line > $1 AND line <= $2 ORDER BY lin
 """
 
 _FINISH = """
-UPDATE import_runs SET result = $3
-WHERE job_id = $1 AND generation = $2 AND result IS NULL
+UPDATE import_runs SET result = jsonb_build_object(
+    'lines', $4::int, 'applied', applied, 'rejected', rejected, 'errors', errors)
+WHERE upload_id = $3 AND job_id = $1 AND generation = $2 AND result IS NULL
+RETURNING result
 """
 
 
@@ -178,7 +184,7 @@ async def run_import(db: Database, job: ImportJob, progress: Progress) -> Import
             for statement in _RESOLVE:
                 await conn.execute(statement)
             await _apply(conn, job, run, last_line, progress)
-            outcome = await _finish(conn, job, run, lines)
+            outcome = await _finish(conn, job, lines)
         except Exception:
             with contextlib.suppress(Exception):  # the error is the one to report
                 await conn.execute(_DROP_LINES)
@@ -189,12 +195,10 @@ async def run_import(db: Database, job: ImportJob, progress: Progress) -> Import
 
 
 async def _claim(conn: Connection, job: ImportJob) -> _Run:
-    row = await conn.fetchrow(_CLAIM_RUN, job.job_id, job.generation)
+    row = await conn.fetchrow(_CLAIM_RUN, job.upload_id, job.job_id, job.generation)
     if row is None:
         raise ImportSuperseded(f"import {job.job_id} is run by a newer claim")
-    return _Run(
-        row["lines_done"], row["applied"], row["rejected"], row["errors_listed"], row["result"]
-    )
+    return _Run(row["lines_done"], row["errors_listed"], row["result"])
 
 
 async def _load(
@@ -258,6 +262,7 @@ async def _advance(
             applied,
             counts["rejected"],
             errors,
+            job.upload_id,
         )
         if status != "UPDATE 1":
             raise ImportSuperseded(f"import {job.job_id} was advanced by another claim")
@@ -274,37 +279,25 @@ async def _advance(
             )
             await conn.execute(_INCREMENT_LEVELS, start, through)
     run.lines_done = through
-    run.applied += applied
-    run.rejected += counts["rejected"]
     run.errors_listed += len(errors)
 
 
-async def _finish(conn: Connection, job: ImportJob, run: _Run, lines: int) -> ImportOutcome:
-    """The result, the one audit event and the upload's deletion, fenced like a batch."""
+async def _finish(conn: Connection, job: ImportJob, lines: int) -> ImportOutcome:
+    """The result, the one audit event, the upload's file deleted: fenced like a batch."""
     async with conn.transaction():
-        errors = await conn.fetchval("SELECT errors FROM import_runs WHERE job_id = $1", job.job_id)
-        result = {
-            "lines": lines,
-            "applied": run.applied,
-            "rejected": run.rejected,
-            "errors": errors,
-        }
-        status = await conn.execute(_FINISH, job.job_id, job.generation, result)
-        if status != "UPDATE 1":
+        result: dict[str, Any] | None = await conn.fetchval(
+            _FINISH, job.job_id, job.generation, job.upload_id, lines
+        )
+        if result is None:
             raise ImportSuperseded(f"import {job.job_id} was finished by another claim")
         uow = UnitOfWork(conn, job.actor, job_max_tries=job.job_max_tries)
+        summary = {k: result[k] for k in ("lines", "applied", "rejected")}
         await record_event(
             uow,
             "inventory.imported",
             f"import:{job.job_id}",
             [],
-            {
-                "job_id": str(job.job_id),
-                "mode": job.mode.value,
-                "lines": lines,
-                "applied": run.applied,
-                "rejected": run.rejected,
-            },
+            {"job_id": str(job.job_id), "mode": job.mode.value, **summary},
         )
-        await conn.execute("DELETE FROM import_uploads WHERE id = $1", job.upload_id)
+        await conn.execute("DELETE FROM import_chunks WHERE upload_id = $1", job.upload_id)
     return ImportOutcome(result, uow.new_jobs)

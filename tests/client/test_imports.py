@@ -74,7 +74,7 @@ async def test_a_per_line_import_applies_every_valid_line(
     assert await on_hand(db, "WASHER-M8") == 7
     assert await count(db, "SELECT count(*) FROM movements WHERE reason = 'restock'") == 3
     assert await count(db, "SELECT count(*) FROM movements WHERE reference = 'po-1'") == 1
-    assert await count(db, "SELECT count(*) FROM import_uploads") == 0  # gone once over
+    assert await count(db, "SELECT count(*) FROM import_chunks") == 0  # the file, once over
 
     async def audited() -> bool:  # one entry for the whole import, written by the worker
         return len((await sr.list_audit(action="inventory.imported")).items) == 1
@@ -181,7 +181,8 @@ async def test_an_older_claim_of_an_import_is_fenced_off(
     newer = dataclasses.replace(job, generation=job.generation + 1)
     async with db.pool.acquire() as conn:  # the newer claim has started
         await conn.execute(
-            "INSERT INTO import_runs (job_id, generation) VALUES ($1, $2)",
+            "INSERT INTO import_runs (upload_id, job_id, generation) VALUES ($1, $2, $3)",
+            job.upload_id,
             job.job_id,
             newer.generation,
         )
@@ -231,3 +232,40 @@ async def test_at_most_1000_errors_are_listed_and_every_rejection_counted(
     assert (result["lines"], result["applied"], result["rejected"]) == (1201, 1, 1200)
     assert len(result["errors"]) == 1000
     assert [e["line"] for e in result["errors"]] == list(range(3, 1003))  # the first ones
+
+
+async def _set_status(db: Database, job: ImportJob, status: str) -> None:
+    async with db.pool.acquire() as conn:
+        await conn.execute("UPDATE jobs SET status = $2 WHERE id = $1", job.job_id, status)
+
+
+async def test_a_retried_import_resumes_where_the_failed_one_stopped(
+    sr: AsyncClient, db: Database, products: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "PER_LINE_BATCH", 2)
+    body = b"sku,quantity\nBOLT-M8,1\nNUT-M8,2\nWASHER-M8,4\n"
+    first = await _queued_import(sr, db, body, "per_line")
+
+    async def crash_after_the_first_batch(percent: int) -> None:
+        if 50 < percent < 100:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        await run_import(db, first, crash_after_the_first_batch)
+    await _set_status(db, first, "failed")  # the worker gave up on it
+    retry = await sr.retry_job(first.job_id)
+    assert retry.retry_of == first.job_id
+    async with db.pool.acquire() as conn:
+        payload = await conn.fetchval("SELECT payload FROM jobs WHERE id = $1", retry.id)
+    second = ImportJob.from_payload(retry.id, 0, payload, None, job_max_tries=5)
+    assert second.upload_id == first.upload_id
+
+    await _set_status(db, first, "in_progress")  # while the first may still run: refused
+    with pytest.raises(ImportSuperseded):
+        await run_import(db, second, _no_progress)
+    await _set_status(db, first, "failed")
+    result = (await run_import(db, second, _no_progress)).result
+    assert (result["lines"], result["applied"], result["rejected"]) == (3, 3, 0)
+    assert await on_hand(db, "BOLT-M8") == 1 and await on_hand(db, "NUT-M8") == 2
+    assert await on_hand(db, "WASHER-M8") == 4
+    assert await count(db, "SELECT count(*) FROM movements") == 3

@@ -48,6 +48,7 @@ def upgrade() -> None:
     op.execute("ALTER TABLE import_chunks ALTER COLUMN data SET STORAGE EXTERNAL")
     op.create_table(
         "import_runs",
+        sa.Column("upload_id", sa.UUID(), nullable=False),
         sa.Column("job_id", sa.UUID(), nullable=False),
         sa.Column("generation", sa.Integer(), nullable=False),
         sa.Column("lines_done", sa.Integer(), server_default=sa.text("0"), nullable=False),
@@ -61,9 +62,15 @@ def upgrade() -> None:
         ),
         sa.Column("result", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.ForeignKeyConstraint(
+            ["upload_id"],
+            ["import_uploads.id"],
+            name=op.f("fk_import_runs_upload_id_import_uploads"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_import_runs_job_id_jobs"), ondelete="CASCADE"
         ),
-        sa.PrimaryKeyConstraint("job_id", name=op.f("pk_import_runs")),
+        sa.PrimaryKeyConstraint("upload_id", name=op.f("pk_import_runs")),
     )
 
 
