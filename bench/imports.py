@@ -10,7 +10,8 @@ the import job, once in ``atomic`` mode and once in ``per_line`` mode, and print
   (upload → complete, as the client sees it);
 - the worker's peak RSS during the import (sampled from /proc every 50 ms);
 - a correctness check: every line applied once (units and ledger rows).
-Targets (issue #15): 100,000 lines in ≤ 30 s with worker RSS ≤ 250 MB.
+Targets (issue #15): 100,000 lines in ≤ 30 s with worker RSS ≤ 250 MB (other sizes: the
+same rate).
 
 Settings: ``STOCKROOM_BENCH_DATABASE_URL`` (admin URL), ``STOCKROOM_BENCH_REDIS_URL``.
 Exit status: 0 when every target is met, 3 when one is missed, 1 on error.
@@ -43,7 +44,8 @@ from bench.worker_common import (  # noqa: E402
 from shared.embedded import free_port  # noqa: E402
 from stockroom_client import Client, RetryPolicy  # noqa: E402
 
-TARGET_SECONDS = 30.0
+TARGET_SECONDS = 30.0  # for 100,000 lines: other sizes are held to the same rate
+TARGET_LINES = 100_000
 TARGET_RSS_MB = 250.0
 
 
@@ -140,7 +142,8 @@ def run(args: argparse.Namespace) -> bool:
                     and rows_now == expected_rows
                 )
                 peak_mb = rss.peak_self_kb / 1024
-                met = total <= TARGET_SECONDS and peak_mb <= TARGET_RSS_MB and correct
+                in_time = total <= TARGET_SECONDS * args.lines / TARGET_LINES
+                met = in_time and peak_mb <= TARGET_RSS_MB and correct
                 ok = ok and met
                 rows.append(
                     [
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> bool:
                     "lines/s",
                     "worker peak RSS MB",
                     "each line once",
-                    f"≤ {TARGET_SECONDS:.0f} s, ≤ {TARGET_RSS_MB:.0f} MB",
+                    f"≤ {TARGET_SECONDS:.0f} s per {TARGET_LINES:,} lines, ≤ {TARGET_RSS_MB:.0f} MB",
                 ],
                 rows,
             )
