@@ -125,6 +125,9 @@ async def test_import_report_and_jobs_through_the_cli(
     assert [j["status"] for j in imports] == ["complete", "complete"]
     retried = cli("--json", "retry", imports[0]["id"])
     assert retried.returncode == 1 and "job-state-conflict" in retried.stderr
+    cancelled = cli("cancel", imports[0]["id"])  # complete: too late
+    assert cancelled.returncode == 1
+    assert "Job is not in a state that allows this" in cancelled.stderr
     audit = cli("--json", "audit", "--action", "inventory.imported")
     assert audit.returncode == 0
 
