@@ -15,7 +15,7 @@ from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from api.routers import audit, catalog, health, inventory, jobs, ops, reports
+from api.routers import audit, catalog, health, imports, inventory, jobs, ops, reports
 from shared.db.database import Database
 from shared.logs import ACCESS_LOG
 from shared.queue import Queue
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(ops.router, prefix=API_PREFIX)
     app.include_router(reports.router, prefix=API_PREFIX)
+    app.include_router(imports.router, prefix=API_PREFIX)
     app.include_router(metrics_router)
     console.install(app)
 
@@ -97,7 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Idempotent-Replayed",
             ],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={API_PREFIX + imports.IMPORTS_PATH: settings.import_max_bytes},
+    )
     # The restock's happy path, before the framework's stack (see api.lanes).
     app.add_middleware(
         AtOnceLanes,

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=50, ge=1, le=1000)
     job_max_tries: int = Field(default=5, ge=1, le=100)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    import_max_bytes: int = Field(default=50 * 1000 * 1000, ge=1024)
     log_format: LogFormat | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None

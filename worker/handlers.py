@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from shared.alerts import webhooks
+from shared.imports.runner import ImportJob
+from shared.imports.runner import run_import as apply_import
 from shared.jobs.kinds import JobKind
 from shared.jobs.retry import PermanentJobError
 from shared.reports.generate import ReportSettings, generate_report
 from worker.jobs import Handler, JobRun
+
+log = logging.getLogger("stockroom.worker")
 
 
 async def deliver_webhook(run: JobRun) -> dict[str, Any]:
@@ -44,7 +49,26 @@ async def make_report(run: JobRun) -> dict[str, Any]:
         )
 
 
+async def run_import(run: JobRun) -> dict[str, Any]:
+    """A bulk import (``shared.imports.runner``): its effects are fenced by the job's
+    generation, so a second run applies nothing twice."""
+    job = ImportJob.from_payload(
+        run.job.id,
+        run.job.generation,
+        run.job.payload,
+        run.job.request_id,
+        run.state.settings.job_max_tries,
+    )
+    outcome = await apply_import(run.state.db, job, run.progress)
+    try:
+        await run.state.queue.dispatch(outcome.new_jobs)
+    except Exception as exc:  # the relay cron wakes the audit drain later
+        log.warning("could not wake the audit drain after an import: %s", exc)
+    return outcome.result
+
+
 HANDLERS: dict[str, Handler] = {
     JobKind.webhook.value: deliver_webhook,
     JobKind.report.value: make_report,
+    JobKind.import_.value: run_import,
 }

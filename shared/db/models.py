@@ -329,3 +329,53 @@ class ReportChunk(Base):
     part: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ImportUpload(Base):
+    """An uploaded import CSV (``POST /inventory/imports``), named by its job's payload (and
+    so by a retry of the job too); its chunks are deleted when the import completes."""
+
+    __tablename__ = "import_uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class ImportChunk(Base):
+    """An import's CSV as ~1 MiB pieces, uncompressed (STORAGE EXTERNAL, set by the
+    migration), deleted when the import completes."""
+
+    __tablename__ = "import_chunks"
+
+    upload_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("import_uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ImportRun(Base):
+    """An upload's import so far, written in the same transaction as its effects and fenced
+    by the job (a retry of a failed or cancelled import takes over) and its generation: the
+    lines applied through ``lines_done``, the counts and errors of those lines, and the
+    ``result`` once the import is over (its audit event written)."""
+
+    __tablename__ = "import_runs"
+
+    upload_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("import_uploads.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    generation: Mapped[int] = mapped_column(Integer, nullable=False)
+    lines_done: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    applied: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    rejected: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    errors: Mapped[list[Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)

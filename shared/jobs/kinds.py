@@ -9,6 +9,7 @@ class JobKind(StrEnum):
     audit = "audit"
     report = "report"
     webhook = "webhook"
+    import_ = "import"
 
 
 class JobStatus(StrEnum):
