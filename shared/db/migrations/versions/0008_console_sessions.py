@@ -4,8 +4,8 @@ A session is created when an ``admin`` API key signs in to the console; the brow
 a random token (HttpOnly cookie) whose SHA-256 is ``token_hash``. The key is checked on every
 request (a revoked key ends its sessions), and a deleted key takes its sessions with it.
 
-Revision ID: 0009
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04 14:00:00.000000
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
