@@ -193,6 +193,56 @@ async def queue_stats(conn: Connection) -> QueueStats:
     return QueueStats(**dict(row))
 
 
+# Bucket bounds (seconds) of the job-duration histogram read from the records.
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecordStats:
+    """One (kind, status) of the job records: how many, and for finished ones (complete or
+    failed) their durations, first start to finish: cumulative counts per
+    ``DURATION_BUCKETS`` bound, and the sum."""
+
+    kind: str
+    status: str
+    count: int
+    timed: int
+    seconds: float
+    buckets: tuple[int, ...]
+
+
+_DURATION = "extract(epoch FROM j.finished_at - j.started_at)"
+_BUCKET_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE t.timed AND {_DURATION} <= {bound})" for bound in DURATION_BUCKETS
+)
+JOB_RECORD_STATS = f"""
+SELECT j.kind, j.status, count(*) AS count,
+    count(*) FILTER (WHERE t.timed) AS timed,
+    coalesce(sum({_DURATION}) FILTER (WHERE t.timed), 0)::float8 AS seconds,
+    ARRAY[{_BUCKET_COUNTS}] AS buckets
+FROM jobs j, LATERAL (SELECT j.status IN ('complete', 'failed')
+                          AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL) t(timed)
+GROUP BY j.kind, j.status
+"""
+
+
+async def job_record_stats(conn: Connection) -> list[JobRecordStats]:
+    """Every job record by kind and status, with the durations of the finished ones: the
+    whole picture of the queue's outcomes, from the durable records (``/metrics``)."""
+    rows = await conn.fetch(JOB_RECORD_STATS, timeout=STATEMENT_TIMEOUT_SECONDS)
+    return [
+        JobRecordStats(
+            kind=r["kind"],
+            status=r["status"],
+            count=r["count"],
+            timed=r["timed"],
+            seconds=r["seconds"],
+            buckets=tuple(r["buckets"]),
+        )
+        for r in rows
+    ]
+
+
 # --- worker side -----------------------------------------------------------------------------
 
 
