@@ -96,6 +96,7 @@ def redis_settings(url: str) -> RedisSettings:
 class Queue:
     """A producer's handle on the queue (API replicas, the relay, the CLI)."""
 
+    ENQUEUE_CONCURRENCY = 32
     # After a failed dispatch, skip Redis for this long: requests must not each wait out a
     # connect timeout while Redis is down; the relay delivers what they leave behind.
     BACKOFF_SECONDS = 1.0
@@ -107,6 +108,9 @@ class Queue:
         self._kick_pending = False
         self._last_kick = float("-inf")  # when the latest audit kick was (or will be) sent
         self._background: set[asyncio.Task[None]] = set()
+        # ARQ's enqueue holds a connection for its WATCH; redis-py's pool refuses past its
+        # size rather than wait: a burst of hand-overs takes turns on part of it
+        self._enqueue_slots = asyncio.Semaphore(self.ENQUEUE_CONCURRENCY)
 
     @classmethod
     def from_url(cls, redis_url: str, queue_name: str) -> Queue:
@@ -161,14 +165,15 @@ class Queue:
 
     async def _enqueue(self, job: QueuedJob) -> bool:
         due = job.due if job.due is not None and job.due > datetime.now(UTC) else None
-        copy = await self.redis.enqueue_job(
-            job.kind,
-            str(job.id),
-            job.generation,
-            _job_id=arq_job_id(self.queue_name, job),
-            _queue_name=lane_name(self.queue_name, job.kind),
-            _defer_until=due,
-        )
+        async with self._enqueue_slots:
+            copy = await self.redis.enqueue_job(
+                job.kind,
+                str(job.id),
+                job.generation,
+                _job_id=arq_job_id(self.queue_name, job),
+                _queue_name=lane_name(self.queue_name, job.kind),
+                _defer_until=due,
+            )
         return copy is not None
 
     async def missing(self, jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
@@ -424,7 +429,8 @@ class WorkerRunner:
         """One ARQ worker per lane, from their connection to Redis to their close: the Redis
         error that ended one (the others are stopped then), or ``None`` when they stopped (a
         signal, the end of a burst). Other errors are raised."""
-        self.workers = workers = [Worker(**options) for options in self._lane_options]
+        workers: list[Worker] = [_Worker(**options) for options in self._lane_options]
+        self.workers = workers
         if self._handle_signals:
             self._install_signal_handlers()
         mains: list[asyncio.Task[None]] = []
@@ -472,6 +478,18 @@ class WorkerRunner:
         """Nothing left to close after ``run_async`` (kept for callers that close a runner)."""
         for worker in self.workers:
             await self._close_arq_worker(worker)
+
+
+class _Worker(Worker):
+    """ARQ's worker, minus one waste: each poll reads the head of the queue, where the jobs
+    already running stay until they finish, and ``start_jobs`` checks each of them in Redis
+    (a WATCH transaction apiece) before skipping it. With jobs that run longer than a poll
+    (any real job), a busy worker spent most of its Redis round trips, and much of its CPU,
+    re-checking its own running jobs. Those are known here (``self.tasks``): they are skipped
+    without asking Redis. Jobs another worker runs are still checked as ARQ does."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
 
 
 def _function(task: TaskSpec) -> Any:

@@ -71,7 +71,13 @@ class WorkerProcess:
             session={"application_name": "stockroom-worker"},
         )
         queue = Queue.from_url(settings.require_redis_url(), settings.queue_name)
-        self.state = WorkerContext(settings=settings, db=db, queue=queue, http=httpx.AsyncClient())
+        # as many kept-alive connections as jobs at once: with httpx's default (20), a burst of
+        # webhooks to one receiver opened a new connection for most deliveries
+        slots = settings.worker_concurrency
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots)
+        )
+        self.state = WorkerContext(settings=settings, db=db, queue=queue, http=http)
         self.jobs = JobRunner(self.state, HANDLERS, database_url=settings.require_database_url())
         self.jobs.start()
         self._heartbeat = asyncio.create_task(_heartbeat(self.state))
