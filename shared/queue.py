@@ -54,6 +54,15 @@ TASK_DRAIN_AUDIT = "drain_audit"
 AUDIT_DRAIN_WINDOW_SECONDS = 60
 
 
+# ARQ's own timeout of a durable job's function: the job's lease, not this, finds a dead worker
+# (ARQ keeps a started job's in-progress key this long + 10 s; the reaper and the relay remove
+# the copies a dead worker leaves).
+JOB_TIMEOUT_SECONDS = 24 * 3600
+# A copy started this long ago whose record is still queued was started by a worker that died
+# before its claim (a claim takes milliseconds): the relay hands the job over again.
+CLAIM_LOST_AFTER_SECONDS = 10
+
+
 def audit_drain_job_id(queue_name: str) -> str:
     return f"{queue_name}:audit-drain:{int(time.time() // AUDIT_DRAIN_WINDOW_SECONDS)}"
 
@@ -71,6 +80,8 @@ def lane_name(queue_name: str, kind: str) -> str:
 
 
 __all__ = [
+    "CLAIM_LOST_AFTER_SECONDS",
+    "JOB_TIMEOUT_SECONDS",
     "TASK_DRAIN_AUDIT",
     "CronSpec",
     "Lane",
@@ -176,18 +187,30 @@ class Queue:
             )
         return copy is not None
 
-    async def missing(self, jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
-        """The jobs whose ARQ copy Redis does not hold (never handed over, or lost), in one
-        round trip."""
+    async def lost(self, jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
+        """Of these queued jobs, those whose ARQ copy will not run: Redis does not hold it
+        (never handed over, or lost), or a worker started it more than
+        ``CLAIM_LOST_AFTER_SECONDS`` ago without claiming the record (it died in between:
+        ARQ would keep the copy's in-progress key for the job's timeout). One round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.exists(job_key_prefix + arq_job_id(self.queue_name, job))
-            held = await pipe.execute()
-        return [job for job, exists in zip(jobs, held, strict=True) if not exists]
+                arq_id = arq_job_id(self.queue_name, job)
+                pipe.exists(job_key_prefix + arq_id)
+                pipe.pttl(in_progress_key_prefix + arq_id)
+            answers = await pipe.execute()
+        # ARQ sets the in-progress key to the lane's longest timeout + 10 s (every lane's
+        # longest is JOB_TIMEOUT_SECONDS): what is left of it tells when the copy started
+        started_long_ago = (JOB_TIMEOUT_SECONDS + 10 - CLAIM_LOST_AFTER_SECONDS) * 1000
+        return [
+            job
+            for job, held, ttl_ms in zip(jobs, answers[0::2], answers[1::2], strict=True)
+            if not held or 0 < ttl_ms < started_long_ago
+        ]
 
     async def forget(self, copies: Sequence[QueuedJob]) -> None:
-        """Remove stale ARQ copies (a generation the record has moved past: its worker died),
-        in-progress key included, so that they never hold a slot or the head of the queue."""
+        """Remove ARQ copies that will not run (a generation the record has moved past, or one
+        a dead worker started), in-progress key included, so that they never hold the head of
+        the queue or block the copy handed over next."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for copy in copies:
                 arq_id = arq_job_id(self.queue_name, copy)

@@ -16,7 +16,16 @@ from prometheus_client import start_http_server
 from shared.db.database import Database
 from shared.jobs.kinds import KINDS_WITH_OWN_LANE
 from shared.logs import configure_logging
-from shared.queue import TASK_DRAIN_AUDIT, CronSpec, Lane, Queue, TaskSpec, WorkerRunner, lane_name
+from shared.queue import (
+    JOB_TIMEOUT_SECONDS,
+    TASK_DRAIN_AUDIT,
+    CronSpec,
+    Lane,
+    Queue,
+    TaskSpec,
+    WorkerRunner,
+    lane_name,
+)
 from shared.reports.generate import reports_at_once
 from shared.settings import Settings
 from worker import tasks
@@ -30,9 +39,6 @@ log = logging.getLogger("stockroom.worker")
 # trips); an idle poll is one ZRANGEBYSCORE. Reports are long: their lane polls less often.
 POLL_DELAY_SECONDS = 0.01
 REPORT_POLL_DELAY_SECONDS = 0.05
-# ARQ's own timeout of a durable job: the job's lease, not this, finds a dead worker (ARQ keeps
-# a job's in-progress key this long after its worker died; the reaper removes a stale copy).
-JOB_TIMEOUT_SECONDS = 24 * 3600
 HEARTBEAT_EVERY_SECONDS = 5
 HEARTBEAT_TTL_SECONDS = 20
 

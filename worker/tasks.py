@@ -61,8 +61,9 @@ async def relay_outbox(ctx: dict[str, Any]) -> None:
 
 
 async def relay_jobs(state: WorkerContext) -> int:
-    """Every queued job, a page at a time: those whose ARQ copy is missing are handed over
-    (under their current generation's id, deferred to their due time). Returns how many."""
+    """Every queued job, a page at a time: those whose ARQ copy is lost (missing, or started
+    by a worker that died before claiming it) are handed over again (under their current
+    generation's id, deferred to their due time). Returns how many."""
     handed = 0
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
@@ -70,9 +71,10 @@ async def relay_jobs(state: WorkerContext) -> int:
             page = await jobs.queued_after(conn, after, RELAY_PAGE)
         if not page:
             return handed
-        missing = await state.queue.missing(page)
-        if missing:
-            handed += await state.queue.hand_over(missing)
+        lost = await state.queue.lost(page)
+        if lost:
+            await state.queue.forget(lost)  # a dead worker's copy, with its in-progress key
+            handed += await state.queue.hand_over(lost)
         if len(page) < RELAY_PAGE:
             return handed
         last = page[-1]

@@ -60,7 +60,15 @@ async def test_workers_killed_every_few_seconds_lose_and_double_nothing(
         unfinished = await count(db, "SELECT count(*) FROM jobs WHERE status <> 'complete'")
         return audited == accepted and unfinished == 0
 
-    await eventually(settled, timeout=40, what="every entry audited and every job complete")
+    try:
+        await eventually(settled, timeout=40, what="every entry audited and every job complete")
+    except AssertionError as exc:  # say what did not settle
+        async with db.pool.acquire() as conn:
+            left = await conn.fetch(
+                "SELECT kind, status, attempts, generation, worker_id, lease_until FROM jobs"
+                " WHERE status <> 'complete' LIMIT 10"
+            )
+        raise AssertionError(f"{exc}: {[dict(r) for r in left]}") from exc
     assert await count(db, "SELECT count(DISTINCT event_id) FROM audit_entries") == accepted
     assert await count(db, "SELECT count(*) FROM jobs WHERE kind = 'webhook'") == products
     # each webhook delivered; twice only if a worker was killed during an earlier attempt

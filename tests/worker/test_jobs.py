@@ -20,11 +20,18 @@ from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
-from shared.queue import Queue
+from shared.jobs.schemas import QueuedJob
+from shared.queue import JOB_TIMEOUT_SECONDS, Queue, arq_job_id
 from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job, wait_complete
+from tests.worker_support import (
+    WEBHOOK_SECRET,
+    WorkerFactory,
+    create_low_stock_jobs,
+    make_low_stock_job,
+    wait_complete,
+)
 
 
 async def job(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -350,3 +357,25 @@ async def test_a_jobs_arq_copy_is_named_by_its_id_and_generation(
         assert (copy["f"], copy["a"]) == ("webhook", (job_id, 0))
     finally:
         await client.aclose()
+
+
+async def test_a_copy_started_by_a_worker_that_died_before_claiming_is_handed_over_again(
+    env: Env, db: Database, receiver: Receiver, start_worker: WorkerFactory
+) -> None:
+    """ARQ started the copy (its in-progress key, which ARQ keeps for the job's timeout), and
+    the worker died before its claim: the record is still queued. The relay sees the copy
+    started long ago and hands the job over again."""
+    (job_id,) = await create_low_stock_jobs(db, "DIED-1")
+    queue = Queue.from_url(env.redis_url, env.queue_name)
+    try:
+        (copy,) = [QueuedJob(job_id, 0, "webhook")]
+        assert await queue.hand_over([copy]) == 1
+        arq_id = arq_job_id(env.queue_name, copy)
+        started_20s_ago = (JOB_TIMEOUT_SECONDS + 10 - 20) * 1000
+        await queue.redis.psetex(f"arq:in-progress:{arq_id}", started_20s_ago, b"1")
+        start_worker()
+        await wait_complete(db, job_id, 20, "the job handed over again by the relay")
+    finally:
+        await queue.close()
+    assert receiver.count == 1
+    assert await count(db, "SELECT attempts FROM jobs WHERE id = $1", job_id) == 1
