@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -19,34 +20,93 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import StateDep
+from api.deps import AppState, StateDep
 from shared import metrics
 from shared.jobs import service as jobs
+from shared.jobs.service import DURATION_BUCKETS
 from shared.logs import ACCESS_LOG, request_id_var
+from shared.metrics import RecordsCollector
 
 router = APIRouter(tags=["ops"])
 log = logging.getLogger("stockroom.api")
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus(state: StateDep) -> Response:
-    """Prometheus text format. Queue gauges are read from the job records at scrape time."""
+async def prometheus(request: Request, state: StateDep) -> Response:
+    """Prometheus text format: this process's series, and the whole queue's picture from the
+    durable job records and from ARQ (``MetricsSnapshot``)."""
+    snapshot: MetricsSnapshot | None = getattr(request.app.state, "metrics_snapshot", None)
+    if snapshot is None:
+        snapshot = request.app.state.metrics_snapshot = MetricsSnapshot()
+    return Response(await snapshot.body(state), media_type=CONTENT_TYPE_LATEST)
+
+
+class MetricsSnapshot:
+    """The ``/metrics`` body, taken at most once a second and shared by every scrape meanwhile;
+    one take at a time, so that scrapes use at most one database connection, straight from
+    the pool's headroom (a scrape never queues behind requests, and never takes the readiness
+    probe's connection: the headroom is two)."""
+
+    EVERY_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self._body = b""
+        self._taken_at = float("-inf")
+        self._taking: asyncio.Task[None] | None = None
+
+    async def body(self, state: AppState) -> bytes:
+        if self._taking is None and time.monotonic() - self._taken_at >= self.EVERY_SECONDS:
+            self._taking = asyncio.create_task(self._take(state))
+        if self._taking is not None:
+            await asyncio.shield(self._taking)
+        return self._body
+
+    async def _take(self, state: AppState) -> None:
+        try:
+            records = RecordsCollector(
+                await _job_records(state), await _arq_holds(state), DURATION_BUCKETS
+            )
+            try:
+                metrics.LIVE_WORKERS.set(len(await state.queue.live_workers()))
+            except Exception as exc:
+                log.warning("metrics: worker list unavailable: %s", exc)
+            snapshot = CollectorRegistry()
+            snapshot.register(records)
+            self._body = generate_latest(_registry()) + generate_latest(snapshot)
+            self._taken_at = time.monotonic()
+        finally:
+            self._taking = None
+
+
+async def _job_records(state: AppState) -> list[jobs.JobRecordStats]:
+    """The records' counts, and the queue gauges set from them (empty when the database is
+    away: a scrape must not fail)."""
     try:
-        # straight from the pool, like the readiness probe: a scrape must not queue behind
-        # every request in flight
         async with state.db.pool.acquire(timeout=2) as conn:
             stats = await jobs.queue_stats(conn)
-        metrics.QUEUE_DEPTH.labels("queued").set(stats.queued)
-        metrics.QUEUE_DEPTH.labels("in_progress").set(stats.in_progress)
-        metrics.QUEUE_DEPTH.labels("deferred").set(stats.deferred)
-        metrics.OLDEST_QUEUED_AGE.set(stats.oldest_queued_age_seconds)
-    except Exception as exc:  # a scrape must not fail because the database is away
-        log.warning("metrics: queue stats unavailable: %s", exc)
-    try:
-        metrics.LIVE_WORKERS.set(len(await state.queue.live_workers()))
+            records = await jobs.job_record_stats(conn)
     except Exception as exc:
-        log.warning("metrics: worker list unavailable: %s", exc)
-    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+        log.warning("metrics: job records unavailable: %s", exc)
+        return []
+    metrics.QUEUE_DEPTH.labels("queued").set(stats.queued)
+    metrics.QUEUE_DEPTH.labels("in_progress").set(stats.in_progress)
+    metrics.QUEUE_DEPTH.labels("deferred").set(stats.deferred)
+    metrics.OLDEST_QUEUED_AGE.set(stats.oldest_queued_age_seconds)
+    return records
+
+
+async def _arq_holds(state: AppState) -> dict[str, int]:
+    """What ARQ holds for this stack (nothing while Redis is down)."""
+    try:
+        ready, deferred = await state.queue.depth()
+        return {
+            "ready": ready,
+            "deferred": deferred,
+            "in_progress": await state.queue.in_progress_count(),
+        }
+    except Exception as exc:
+        log.warning("metrics: ARQ queue unavailable: %s", exc)
+        return {}
 
 
 def _registry() -> CollectorRegistry:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -348,3 +348,31 @@ class Stack:
             log(f"logs kept in {self.workdir}")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def run_bench(stack: Stack, body: Callable[[], bool]) -> int:
+    """Run a benchmark's ``body`` (``True``: its targets are met), then clean its stack up
+    (keeping the logs of a failed run). Exit status: 0 met, 3 missed, 1 an error."""
+    started = time.monotonic()
+    status = 1
+    try:
+        status = 0 if body() else 3
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
+        status = 1
+    finally:
+        stack.cleanup(keep_logs=status == 1)
+    log(f"finished in {time.monotonic() - started:.0f} s")
+    return status
+
+
+async def write_jobs(conn: Any, tag: str, jobs: Sequence[tuple[Any, dict[str, Any]]]) -> Any:
+    """Jobs (kind, payload) written by ``create_job`` in the open transaction of ``conn``, as
+    a request writes them; returns the unit of work (its ``new_jobs`` to dispatch)."""
+    from shared.db.unit_of_work import Actor, UnitOfWork
+    from shared.jobs.outbox import create_job
+
+    uow = UnitOfWork(conn, Actor.system(tag))
+    for kind, payload in jobs:
+        await create_job(uow, kind, payload, 5)
+    return uow

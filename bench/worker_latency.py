@@ -12,10 +12,11 @@ process each, in the same run:
    ``drain_audit``. Worker: ``stockroom worker`` itself. Start = ``jobs.started_at`` (the drain
    transaction's ``now()``).
 2. durable job (ours): a job of the bench-only kind ``bench`` written by ``create_job`` in a
-   transaction (the row and its ``NOTIFY``, delivered at commit), then ``Queue.dispatch`` +
-   as the API does. Worker: ``bench/worker_proc.py ours`` (=
-   ``worker.main.run`` + a no-op handler for ``bench``), woken by the notification. Start =
-   ``jobs.started_at`` (the claim's ``now()``, i.e. the job holds its lease).
+   transaction, then ``Queue.dispatch`` after the commit, as the API does (the hand-over to
+   ARQ as ``<queue>:<job id>:0``). Worker: ``bench/worker_proc.py ours`` (=
+   ``worker.main.run`` + a no-op handler for ``bench``: a new kind needs nothing else to be
+   handed to ARQ and run). Start = ``jobs.started_at`` (the claim's ``now()``, i.e. the ARQ
+   function holds the job's lease: the handler starts next).
 3. raw ARQ, ``poll_delay`` as ours (0.01 s), a trivial function that records ``time.time()``
    on entry.
 4. raw ARQ with ARQ's default ``poll_delay`` 0.5 s (fewer jobs: each waits ~250 ms).
@@ -24,7 +25,8 @@ t0 is taken after the commit (just before the Redis enqueue, for audit and raw A
 PostgreSQL's ``now()`` (same host). Also printed: enqueue → finished (the audit entry or job
 result is committed), and the idle worker's CPU use (the cost of a short poll delay).
 
-Target (issue 4, Performance): median pickup ≤ 20 ms through our wrapper.
+Targets (issue 12): pickup p50 ≤ 20 ms and p99 ≤ 60 ms for the durable job; p50 ≤ 20 ms for
+the audit path.
 Exit status 0 when the targets are met, 3 when one is missed, 1 on an error.
 """
 
@@ -54,6 +56,7 @@ from bench.worker_common import (
     machine_note,
     percentile,
     proc_cpu_seconds,
+    run_bench,
     table,
 )
 from shared.audit.events import record_event
@@ -64,6 +67,7 @@ from shared.jobs.outbox import create_job
 from shared.queue import Queue
 
 TARGET_MEDIAN_MS = 20.0
+TARGET_P99_MS = 60.0
 OUR_POLL_DELAY = 0.01  # worker.main.POLL_DELAY_SECONDS
 ARQ_DEFAULT_POLL_DELAY = 0.5
 
@@ -82,6 +86,7 @@ class Series:
     done_ms: list[float]
     idle_cpu_pct: float
     target: bool  # is the median target for this row
+    target_p99_ms: float | None = None
 
 
 async def idle_cpu(pid: int, seconds: float = 2.0) -> float:
@@ -160,9 +165,8 @@ async def ours_durable_job(stack: Stack, n: int, pid: int) -> Series:
             pickup.append(1000 * (row["started"] - t0))
             done.append(1000 * (row["finished"] - t0))
             await pause(OUR_POLL_DELAY)
-        # woken by NOTIFY; the drain's fallback poll is every POLL_EVERY_SECONDS (0.5 s)
-        name = "durable job via NOTIFY, kind bench (ours)"
-        return Series(name, 0.5, pickup, done, cpu, True)
+        name = "durable job via ARQ, kind bench (ours)"
+        return Series(name, OUR_POLL_DELAY, pickup, done, cpu, True, TARGET_P99_MS)
     finally:
         await queue.close()
         await db.close()
@@ -198,7 +202,8 @@ def report(series: list[Series]) -> tuple[str, bool]:
     ok = True
     for s in series:
         median = percentile(s.pickup_ms, 50)
-        passed = median <= TARGET_MEDIAN_MS
+        p99 = percentile(s.pickup_ms, 99)
+        passed = median <= TARGET_MEDIAN_MS and (s.target_p99_ms is None or p99 <= s.target_p99_ms)
         if s.target:
             ok = ok and passed
         rows.append(
@@ -213,13 +218,18 @@ def report(series: list[Series]) -> tuple[str, bool]:
                 fmt(percentile(s.done_ms, 50)),
                 fmt(percentile(s.done_ms, 99)),
                 f"{s.idle_cpu_pct:.1f}",
-                f"≤ {TARGET_MEDIAN_MS:g} ms" if s.target else "(reference)",
+                (
+                    f"p50 ≤ {TARGET_MEDIAN_MS:g} ms"
+                    + (f", p99 ≤ {s.target_p99_ms:g} ms" if s.target_p99_ms else "")
+                    if s.target
+                    else "(reference)"
+                ),
                 ("PASS" if passed else "FAIL") if s.target else "-",
             ]
         )
     headers = [
         "path", "poll_delay s", "jobs", "pickup p50 ms", "p90", "p99", "max",
-        "finished p50 ms", "p99", "idle CPU %", "target (p50)", "result",
+        "finished p50 ms", "p99", "idle CPU %", "target", "result",
     ]  # fmt: skip
     return table(headers, rows), ok
 
@@ -233,11 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=175, help="stop after this many seconds")
     args = parser.parse_args(argv)
     install_budget(args.budget)
-    started = time.monotonic()
     stack = Stack(prefix="wlat")
     series: list[Series] = []
-    status = 1
-    try:
+
+    def measure() -> bool:
         log(machine_note())
         stack.create_database()
 
@@ -278,14 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             "pickup = jobs.started_at (claim / drain transaction now()) - t0 taken after the "
             "commit, before the Redis enqueue; finished = jobs.finished_at - t0."
         )
-        status = 0 if ok else 3
-    except BenchError as exc:
-        log(f"FAILED: {exc}")
-        status = 1
-    finally:
-        stack.cleanup(keep_logs=status == 1)
-    log(f"finished in {time.monotonic() - started:.0f} s")
-    return status
+        return ok
+
+    return run_bench(stack, measure)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 
 ``worker_proc.py ours [options]``
     Our worker exactly as ``stockroom worker`` builds it (``worker.main.run``: settings from
-    ``STOCKROOM_*``, the job drain, the ARQ task table, crons, leases, heartbeat), plus a no-op
-    handler for the bench-only job kind ``bench`` so that the durable-job path (batch claim
-    under a lease, handler, batched completion) can be timed without a real job's work.
+    ``STOCKROOM_*``, the ARQ lanes and task table, crons, the job runner's leases, heartbeat),
+    plus a no-op handler for the bench-only job kind ``bench`` (registered in ``HANDLERS``,
+    which is all a new kind needs to get its ARQ function) so that the durable-job path (ARQ's
+    delivery, the claim under a lease, handler, batched completion) can be timed without a
+    real job's work.
     Options change one module-level knob each, to measure a proposed setting without editing
     the product:
       --poll-delay S     worker.main.POLL_DELAY_SECONDS (production: 0.01)
@@ -156,7 +158,7 @@ def run_ours(args: argparse.Namespace) -> int:
     from worker import tasks
     from worker.handlers import HANDLERS
 
-    HANDLERS["bench"] = bench_noop  # on_startup puts this very dict in ctx["handlers"]
+    HANDLERS["bench"] = bench_noop  # before build_runner: the kind gets its ARQ function
     if args.poll_delay is not None:
         worker_main.POLL_DELAY_SECONDS = args.poll_delay
     if args.audit_batch is not None:

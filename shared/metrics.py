@@ -5,7 +5,15 @@ value of any process is the value."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from shared.jobs.service import JobRecordStats
 
 HTTP_REQUESTS = Counter(
     "stockroom_http_requests_total", "HTTP requests", ["method", "route", "status"]
@@ -46,3 +54,42 @@ DB_GROUP_SIZE = Histogram(
     " (group commit; 1: alone)",
     buckets=(1, 2, 4, 8, 12, 16),
 )
+
+
+class RecordsCollector(Collector):
+    """The queue's whole picture as one API scrape shows it, from a snapshot: the job records
+    by kind and status, the durations of the finished ones (first start to finish), and what
+    ARQ holds."""
+
+    def __init__(
+        self,
+        records: Sequence[JobRecordStats],
+        arq: dict[str, int],
+        bounds: Sequence[float],
+    ) -> None:
+        self._records, self._arq, self._bounds = records, arq, bounds
+
+    def collect(self) -> Iterator[Metric]:
+        by_status = GaugeMetricFamily(
+            "stockroom_jobs",
+            "Job records by kind and status (the durable records)",
+            labels=["kind", "status"],
+        )
+        duration = HistogramMetricFamily(
+            "stockroom_job_record_duration_seconds",
+            "Finished jobs (complete or failed), first start to finish, from the durable records",
+            labels=["kind", "status"],
+        )
+        for r in self._records:
+            by_status.add_metric([r.kind, r.status], r.count)
+            if r.timed:
+                buckets = [(str(b), n) for b, n in zip(self._bounds, r.buckets, strict=True)]
+                duration.add_metric(
+                    [r.kind, r.status], [*buckets, ("+Inf", r.timed)], sum_value=r.seconds
+                )
+        arq = GaugeMetricFamily(
+            "stockroom_arq_jobs", "What ARQ holds for this stack, by state", labels=["state"]
+        )
+        for state, n in self._arq.items():
+            arq.add_metric([state], n)
+        yield from (by_status, duration, arq)

@@ -1,13 +1,17 @@
-"""The queue: the only module that imports ``arq``.
+"""The queue: the only module that imports ``arq``. ARQ on Redis carries every job.
 
-Jobs are durable rows in PostgreSQL (``jobs``, the outbox). Redis carries the audit wake-ups,
-the cron ticks and the worker heartbeats:
-- audit events are drained in batches by one coalesced ARQ job, ``drain_audit``, whose fixed
-  ``_job_id`` makes a thousand enqueues in a burst one job; the wake-up is sent after the
-  database commit and is best effort: when Redis is down the events wait in the outbox and
-  the worker's relay cron wakes a drain once it is back;
-- every other job kind never travels through Redis: workers claim due rows from PostgreSQL in
-  batches, woken by the ``NOTIFY`` that the row's own INSERT sends (``shared.jobs.outbox``).
+- Durable jobs (reports, webhooks, imports, any kind added later): the record is written in
+  the request's transaction (``shared.jobs.outbox``); after the commit the API hands the job
+  to ARQ as its own ARQ job, ``<queue>:<job id>:<generation>``, calling the ARQ function named
+  after its kind (``Queue.dispatch``, best effort: while Redis is down the request does not
+  wait). The worker tier's relay (``Queue.missing`` + ``Queue.hand_over``) sends again every
+  queued job whose ARQ copy Redis does not hold. The ARQ function claims the record under a
+  lease with generation fencing before it runs (``worker.jobs``).
+- Kinds in ``KINDS_WITH_OWN_LANE`` (reports) go to an ARQ queue of their own, served by the
+  same worker process with few slots (``lane_name``): long jobs never take every slot from
+  the short ones.
+- Audit events are drained in batches by one coalesced ARQ job, ``drain_audit``, whose fixed
+  ``_job_id`` makes a thousand enqueues in a burst one job.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 from arq.cron import cron
 from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
@@ -32,32 +37,61 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.db.unit_of_work import NewJob
-from shared.jobs.kinds import JobKind
+from shared.jobs.kinds import KINDS_WITH_OWN_LANE, JobKind
+from shared.jobs.schemas import QueuedJob
 
 log = logging.getLogger("stockroom.queue")
 
 TASK_DRAIN_AUDIT = "drain_audit"
-# What API replicas older than the PostgreSQL-claimed jobs enqueued for each job; a worker
-# keeps the name registered as a plain wake-up during a rolling upgrade.
-TASK_RUN_JOB = "run_job"
 
 # ARQ's job keys are global to the Redis database, not per queue: ids are namespaced by queue
 # so that two stacks (or test runs) sharing one Redis never swallow each other's jobs.
 
+# The coalesced drain's id changes every this many seconds: a worker SIGKILLed while running
+# a drain leaves ARQ's in-progress key of its id behind (for the lane's longest timeout), and
+# it may hold back the coalesced wake-ups for one window at most (the relay's follow-up
+# drains, under ids of their own, close the gap meanwhile).
+AUDIT_DRAIN_WINDOW_SECONDS = 60
+
+
+# ARQ's own timeout of a durable job's function: the job's lease, not this, finds a dead worker
+# (ARQ keeps a started job's in-progress key this long + 10 s; the reaper and the relay remove
+# the copies a dead worker leaves).
+JOB_TIMEOUT_SECONDS = 24 * 3600
+# A copy started this long ago whose record is still queued was started by a worker that died
+# before its claim (a claim takes milliseconds): the relay hands the job over again.
+CLAIM_LOST_AFTER_SECONDS = 10
+
 
 def audit_drain_job_id(queue_name: str) -> str:
-    return f"{queue_name}:audit-drain"
+    return f"{queue_name}:audit-drain:{int(time.time() // AUDIT_DRAIN_WINDOW_SECONDS)}"
+
+
+def arq_job_id(queue_name: str, job: QueuedJob) -> str:
+    """A durable job's ARQ id: one per generation, so that a job handed over again (retry,
+    hand-back, reclaim) never meets the copy of an earlier generation in ARQ's keys."""
+    return f"{queue_name}:{job.id}:{job.generation}"
+
+
+def lane_name(queue_name: str, kind: str) -> str:
+    """The ARQ queue (sorted set) carrying this kind: ``QUEUE_NAME``, or for a kind with a
+    lane of its own ``arq:queue:<QUEUE_NAME>:<kind>`` (under ARQ's own ``arq:queue`` prefix)."""
+    return f"arq:queue:{queue_name}:{kind}" if kind in KINDS_WITH_OWN_LANE else queue_name
 
 
 __all__ = [
+    "CLAIM_LOST_AFTER_SECONDS",
+    "JOB_TIMEOUT_SECONDS",
     "TASK_DRAIN_AUDIT",
-    "TASK_RUN_JOB",
     "CronSpec",
+    "Lane",
     "Queue",
     "TaskSpec",
     "WorkerRunner",
+    "arq_job_id",
     "audit_drain_job_id",
     "default_queue_name",
+    "lane_name",
 ]
 
 TaskFunc = Callable[..., Awaitable[Any]]
@@ -73,6 +107,7 @@ def redis_settings(url: str) -> RedisSettings:
 class Queue:
     """A producer's handle on the queue (API replicas, the relay, the CLI)."""
 
+    ENQUEUE_CONCURRENCY = 32
     # After a failed dispatch, skip Redis for this long: requests must not each wait out a
     # connect timeout while Redis is down; the relay delivers what they leave behind.
     BACKOFF_SECONDS = 1.0
@@ -84,6 +119,9 @@ class Queue:
         self._kick_pending = False
         self._last_kick = float("-inf")  # when the latest audit kick was (or will be) sent
         self._background: set[asyncio.Task[None]] = set()
+        # ARQ's enqueue holds a connection for its WATCH; redis-py's pool refuses past its
+        # size rather than wait: a burst of hand-overs takes turns on part of it
+        self._enqueue_slots = asyncio.Semaphore(self.ENQUEUE_CONCURRENCY)
 
     @classmethod
     def from_url(cls, redis_url: str, queue_name: str) -> Queue:
@@ -106,12 +144,79 @@ class Queue:
             return False
 
     async def dispatch(self, jobs: Sequence[NewJob]) -> None:
-        """Wake the workers for jobs that have just committed: audit events are drained from
-        the outbox by a coalesced ARQ job (kicked here, throttled); every other job woke the
-        workers by ``NOTIFY`` at commit. Never raises: an audit wake-up that fails is sent
-        again by the relay."""
-        if time.monotonic() >= self._down_until and any(j.kind == JobKind.audit for j in jobs):
+        """Hand the jobs that have just committed to ARQ: durable jobs each as its own ARQ
+        job; audit events by a kick of the coalesced drain (throttled). Never raises, never
+        waits for Redis: the hand-over runs in the background, and what it cannot deliver
+        the relay delivers."""
+        if time.monotonic() < self._down_until:
+            return
+        durable = [QueuedJob(j.id, 0, j.kind) for j in jobs if j.kind != JobKind.audit]
+        if durable:
+            self._in_background(self._hand_over_or_back_off(durable))
+        if len(durable) < len(jobs):
             self._schedule_audit_kick()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _hand_over_or_back_off(self, jobs: Sequence[QueuedJob]) -> None:
+        try:
+            await self.hand_over(jobs)
+        except Exception as exc:
+            self._down_until = time.monotonic() + self.BACKOFF_SECONDS
+            log.warning("job hand-over failed; the relay will deliver: %s", exc)
+
+    async def hand_over(self, jobs: Sequence[QueuedJob]) -> int:
+        """Enqueue each job's ARQ copy (a no-op for a copy ARQ holds already: the id is its
+        key); returns how many were new."""
+        enqueued = await asyncio.gather(*(self._enqueue(job) for job in jobs))
+        return sum(enqueued)
+
+    async def _enqueue(self, job: QueuedJob) -> bool:
+        due = job.due if job.due is not None and job.due > datetime.now(UTC) else None
+        async with self._enqueue_slots:
+            copy = await self.redis.enqueue_job(
+                job.kind,
+                str(job.id),
+                job.generation,
+                _job_id=arq_job_id(self.queue_name, job),
+                _queue_name=lane_name(self.queue_name, job.kind),
+                _defer_until=due,
+            )
+        return copy is not None
+
+    async def lost(self, jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
+        """Of these queued jobs, those whose ARQ copy will not run: Redis does not hold it
+        (never handed over, or lost), or a worker started it more than
+        ``CLAIM_LOST_AFTER_SECONDS`` ago without claiming the record (it died in between:
+        ARQ would keep the copy's in-progress key for the job's timeout). One round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                arq_id = arq_job_id(self.queue_name, job)
+                pipe.exists(job_key_prefix + arq_id)
+                pipe.pttl(in_progress_key_prefix + arq_id)
+            answers = await pipe.execute()
+        # ARQ sets the in-progress key to the lane's longest timeout + 10 s (every lane's
+        # longest is JOB_TIMEOUT_SECONDS): what is left of it tells when the copy started
+        started_long_ago = (JOB_TIMEOUT_SECONDS + 10 - CLAIM_LOST_AFTER_SECONDS) * 1000
+        return [
+            job
+            for job, held, ttl_ms in zip(jobs, answers[0::2], answers[1::2], strict=True)
+            if not held or 0 < ttl_ms < started_long_ago
+        ]
+
+    async def forget(self, copies: Sequence[QueuedJob]) -> None:
+        """Remove ARQ copies that will not run (a generation the record has moved past, or one
+        a dead worker started), in-progress key included, so that they never hold the head of
+        the queue or block the copy handed over next."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for copy in copies:
+                arq_id = arq_job_id(self.queue_name, copy)
+                pipe.zrem(lane_name(self.queue_name, copy.kind), arq_id)
+                pipe.delete(job_key_prefix + arq_id, in_progress_key_prefix + arq_id)
+            await pipe.execute()
 
     # Under load every request writes an audit event; one wake-up per this interval per
     # process is enough (a drain takes everything pending, and a follow-up drain closes the
@@ -142,9 +247,7 @@ class Queue:
                 self._down_until = time.monotonic() + self.BACKOFF_SECONDS
                 log.warning("audit wake-up failed; the relay will deliver: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(kick())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(kick())
 
     async def kick_audit_drain(self) -> None:
         """Make sure one ``drain_audit`` is queued (a no-op while one is queued already)."""
@@ -186,16 +289,25 @@ class Queue:
         values = await self.redis.mget(keys)
         return [json.loads(v) for v in values if v]
 
+    def lanes(self) -> list[str]:
+        """Every ARQ queue of this stack."""
+        return [self.queue_name] + [lane_name(self.queue_name, k) for k in KINDS_WITH_OWN_LANE]
+
     async def depth(self) -> tuple[int, int]:
-        """``(ready, deferred)``: jobs in the queue due now and due later."""
+        """``(ready, deferred)``: jobs in ARQ's queues due now and due later."""
         now_ms = int(time.time() * 1000)
-        ready = await self.redis.zcount(self.queue_name, "-inf", now_ms)
-        deferred = await self.redis.zcount(self.queue_name, f"({now_ms}", "+inf")
-        return int(ready), int(deferred)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lane in self.lanes():
+                pipe.zcount(lane, "-inf", now_ms)
+                pipe.zcount(lane, f"({now_ms}", "+inf")
+            counts = [int(c) for c in await pipe.execute()]
+        return sum(counts[0::2]), sum(counts[1::2])
 
     async def in_progress_count(self) -> int:
+        """ARQ jobs of this stack that a worker has started and not finished."""
         count = 0
-        async for _ in self.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=1000):
+        pattern = f"{in_progress_key_prefix}{self.queue_name}:*"
+        async for _ in self.redis.scan_iter(match=pattern, count=1000):
             count += 1
         return count
 
@@ -214,22 +326,34 @@ class CronSpec:
     every_seconds: int  # 1, 2, 3, 5, 10, 15, 20 or 30: a divisor of 60
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One ARQ queue a worker process serves, with its own slots (ARQ's ``max_jobs``)."""
+
+    queue_name: str
+    tasks: Sequence[TaskSpec]
+    max_jobs: int
+    poll_delay: float
+    crons: Sequence[CronSpec] = field(default_factory=tuple)
+
+
 _REDIS_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class WorkerRunner:
-    """An ARQ worker built from our task table, inside a process whose own resources do not
-    depend on Redis; ``run()`` blocks and handles SIGINT/SIGTERM.
+    """ARQ workers built from our lanes (one per ARQ queue, in one process and one event loop),
+    inside a process whose own resources do not depend on Redis; ``run()`` blocks and handles
+    SIGINT/SIGTERM.
 
-    ``on_process_start`` runs once, before the first ARQ worker starts, and
-    ``on_process_stop`` once, after the last one has stopped (signal, end of a burst, an
-    error): what they open (the database pool, the PostgreSQL job drain) works whether or not
-    Redis is reachable. ``on_startup`` runs each time an ARQ worker has connected to Redis.
-    ARQ's worker exits when it cannot reach Redis, at start or mid-poll; ours starts a new one
-    after a pause, keeping the event loop and the process's other work (the job drain, its
-    leases) undisturbed, so a Redis outage needs no process supervisor to recover from.
+    ``on_process_start`` runs once, before the first ARQ workers start, and
+    ``on_process_stop`` once, after the last have stopped (signal, end of a burst, an error):
+    what they open (the database pool, the lease keeper) works whether or not Redis is
+    reachable. ``on_startup`` runs each time an ARQ worker has connected to Redis. ARQ's worker
+    exits when it cannot reach Redis, at start or mid-poll; ours then stops the other lanes and
+    starts them all again after a pause, keeping the event loop and the process's other work
+    (its leases) undisturbed, so a Redis outage needs no process supervisor to recover from.
     ``on_stop_requested`` is called at SIGINT/SIGTERM, before ARQ's own handling: the process
-    stops taking work at once."""
+    stops taking work at once; ARQ waits ``job_completion_wait`` for the running jobs."""
 
     RESTART_DELAY_SECONDS = 1.0
 
@@ -237,18 +361,14 @@ class WorkerRunner:
         self,
         *,
         redis_url: str,
-        queue_name: str,
-        tasks: Sequence[TaskSpec],
-        crons: Sequence[CronSpec],
-        max_jobs: int,
-        poll_delay: float,
+        lanes: Sequence[Lane],
         on_startup: Callable[[dict[str, Any]], Awaitable[None]],
         on_process_start: Callable[[], Awaitable[None]] | None = None,
         on_process_stop: Callable[[], Awaitable[None]] | None = None,
         on_stop_requested: Callable[[], None] | None = None,
         burst: bool = False,
         handle_signals: bool = True,
-        shutdown_grace_seconds: int = 20,
+        job_completion_wait: int = 20,
     ) -> None:
         self._on_process_start = on_process_start
         self._on_process_stop = on_process_stop
@@ -256,37 +376,8 @@ class WorkerRunner:
         self._handle_signals = handle_signals
         self._stopping = False
         self._stop_requested: asyncio.Event | None = None
-        functions = [
-            func(
-                cast(Any, t.coroutine),
-                name=t.name,
-                timeout=t.timeout_seconds,
-                keep_result=0,
-                max_tries=1000,
-            )
-            for t in tasks
-        ]
-        cron_jobs = [
-            cron(
-                cast(Any, c.coroutine),
-                # the cron's job id is "<name>:<tick>": namespaced like every other id
-                name=f"{queue_name}:cron:{c.name}",
-                second=set(range(0, 60, c.every_seconds)),
-                run_at_startup=True,
-                unique=True,
-                timeout=60,
-                keep_result=0,
-                max_tries=1,
-            )
-            for c in crons
-        ]
-        self._options: dict[str, Any] = {
-            "functions": functions,
-            "cron_jobs": cron_jobs,
-            "queue_name": queue_name,
+        common: dict[str, Any] = {
             "redis_settings": redis_settings(redis_url),
-            "max_jobs": max_jobs,
-            "poll_delay": poll_delay,
             "keep_result": 0,
             "max_tries": 1000,
             "on_startup": cast(Any, on_startup),
@@ -295,16 +386,27 @@ class WorkerRunner:
             "allow_abort_jobs": False,
             "health_check_interval": 30,
             # SIGTERM: stop taking jobs, let running ones finish for this long, then cancel
-            # them (ARQ's tasks are short: audit drains and cron ticks).
-            "job_completion_wait": shutdown_grace_seconds,
+            # them (the durable jobs' own grace period ends before: see worker.jobs)
+            "job_completion_wait": job_completion_wait,
         }
-        self.worker: Worker | None = None  # the current ARQ worker
+        self._lane_options = [
+            {
+                **common,
+                "functions": [_function(t) for t in lane.tasks],
+                "cron_jobs": [_cron(lane.queue_name, c) for c in lane.crons],
+                "queue_name": lane.queue_name,
+                "max_jobs": lane.max_jobs,
+                "poll_delay": lane.poll_delay,
+            }
+            for lane in lanes
+        ]
+        self.workers: list[Worker] = []  # the current ARQ workers, one per lane
 
     # --- signals -----------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
-        """Ours, on the running loop: installed before anything starts, and again after each
-        ARQ worker is made (ARQ's constructor installs its own)."""
+        """Ours, on the running loop: installed before anything starts, and again after the
+        ARQ workers are made (ARQ's constructor installs its own)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -316,14 +418,8 @@ class WorkerRunner:
                 self._stop_requested.set()
             if self._on_stop_requested is not None:
                 self._on_stop_requested()
-        worker = self.worker
-        if worker is not None:  # ARQ's own handling: finish its tasks, then stop its loop
-            arq_handler = (
-                worker.handle_sig_wait_for_completion
-                if self._options["job_completion_wait"]
-                else worker.handle_sig
-            )
-            arq_handler(signal.Signals(signum))
+        for worker in self.workers:  # ARQ's own handling: finish its tasks, then stop its loop
+            worker.handle_sig_wait_for_completion(signal.Signals(signum))
 
     # --- running -----------------------------------------------------------------------------
 
@@ -331,7 +427,7 @@ class WorkerRunner:
         asyncio.run(self.run_async())
 
     async def run_async(self) -> None:
-        """The process's resources, then ARQ workers (a new one after each loss of Redis)
+        """The process's resources, then ARQ workers (new ones after each loss of Redis)
         until a signal or the end of a burst, then the process's shutdown."""
         self._stop_requested = asyncio.Event()
         if self._handle_signals:
@@ -342,7 +438,7 @@ class WorkerRunner:
             if self._stopping and self._on_stop_requested is not None:
                 self._on_stop_requested()  # the signal came while the process was starting
             while not self._stopping:
-                lost = await self._run_arq_worker()
+                lost = await self._run_arq_workers()
                 if lost is None or self._stopping:
                     break
                 log.error("worker lost Redis (%s); starting again", lost)
@@ -352,27 +448,40 @@ class WorkerRunner:
             if self._on_process_stop is not None:
                 await self._on_process_stop()
 
-    async def _run_arq_worker(self) -> BaseException | None:
-        """One ARQ worker, from its connection to Redis to its close: the Redis error that
-        ended it, or ``None`` when it stopped (a signal, the end of a burst). Other errors
-        are raised."""
-        self.worker = worker = Worker(**self._options)
+    async def _run_arq_workers(self) -> BaseException | None:
+        """One ARQ worker per lane, from their connection to Redis to their close: the Redis
+        error that ended one (the others are stopped then), or ``None`` when they stopped (a
+        signal, the end of a burst). Other errors are raised."""
+        workers: list[Worker] = [_Worker(**options) for options in self._lane_options]
+        self.workers = workers
         if self._handle_signals:
             self._install_signal_handlers()
-        main = worker.main_task = asyncio.create_task(worker.main())
+        mains: list[asyncio.Task[None]] = []
+        for worker in workers:
+            worker.main_task = asyncio.create_task(worker.main())
+            mains.append(worker.main_task)
         try:
-            await asyncio.wait([main])
+            done, _ = await asyncio.wait(mains, return_when=asyncio.FIRST_EXCEPTION)
+            if not all(m.done() for m in mains) and any(
+                not m.cancelled() and m.exception() is not None for m in done
+            ):
+                for main in mains:
+                    main.cancel()
+            await asyncio.wait(mains)
         finally:
-            if not main.done():  # run_async itself was cancelled
-                main.cancel()
-                await asyncio.wait([main])
-            await self._close_arq_worker(worker)
-        if main.cancelled():
+            for main in mains:
+                if not main.done():  # run_async itself was cancelled
+                    main.cancel()
+            await asyncio.wait(mains)
+            for worker in workers:
+                await self._close_arq_worker(worker)
+        errors = [e for m in mains if not m.cancelled() and (e := m.exception()) is not None]
+        if not errors:
             return None
-        error = main.exception()
-        if error is None or isinstance(error, _REDIS_LOST):
-            return error
-        raise error
+        for error in errors:
+            if not isinstance(error, _REDIS_LOST):
+                raise error
+        return errors[0]
 
     async def _close_arq_worker(self, worker: Worker) -> None:
         """ARQ's close (it waits for its running tasks), which fails on a Redis connection
@@ -390,5 +499,41 @@ class WorkerRunner:
 
     async def close(self) -> None:
         """Nothing left to close after ``run_async`` (kept for callers that close a runner)."""
-        if self.worker is not None:
-            await self._close_arq_worker(self.worker)
+        for worker in self.workers:
+            await self._close_arq_worker(worker)
+
+
+class _Worker(Worker):
+    """ARQ's worker, minus one waste: each poll reads the head of the queue, where the jobs
+    already running stay until they finish, and ``start_jobs`` checks each of them in Redis
+    (a WATCH transaction apiece) before skipping it. With jobs that run longer than a poll
+    (any real job), a busy worker spent most of its Redis round trips, and much of its CPU,
+    re-checking its own running jobs. Those are known here (``self.tasks``): they are skipped
+    without asking Redis. Jobs another worker runs are still checked as ARQ does."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+
+
+def _function(task: TaskSpec) -> Any:
+    return func(
+        cast(Any, task.coroutine),
+        name=task.name,
+        timeout=task.timeout_seconds,
+        keep_result=0,
+        max_tries=1000,
+    )
+
+
+def _cron(queue_name: str, spec: CronSpec) -> Any:
+    return cron(
+        cast(Any, spec.coroutine),
+        # the cron's job id is "<name>:<tick>": namespaced like every other id
+        name=f"{queue_name}:cron:{spec.name}",
+        second=set(range(0, 60, spec.every_seconds)),
+        run_at_startup=True,
+        unique=True,
+        timeout=60,
+        keep_result=0,
+        max_tries=1,
+    )

@@ -3,7 +3,6 @@ identity and counters."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ import httpx
 
 from shared.db.database import Database
 from shared.queue import Queue
-from shared.reports.generate import report_slots_for
 from shared.settings import Settings
 
 
@@ -29,10 +27,6 @@ class WorkerContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
-    report_slots: asyncio.Semaphore = field(init=False)  # see report_slots_for
-
-    def __post_init__(self) -> None:
-        self.report_slots = asyncio.Semaphore(report_slots_for(self.settings.db_pool_size))
 
     @property
     def worker_id(self) -> str:

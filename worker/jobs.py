@@ -1,21 +1,22 @@
-"""Durable jobs: each worker process drains them from PostgreSQL, under leases, with our retry
-policy. Redis plays no part: the ``jobs`` rows are the queue.
+"""Durable jobs in the worker: ARQ delivers each job's copy (``<queue>:<job id>:<generation>``)
+to the ARQ function of its kind, which calls ``JobRunner.run``; the record in PostgreSQL stays
+the truth, and this module keeps ARQ's at-least-once delivery from ever running a job twice.
 
-- claim: one statement takes as many due jobs as there are free slots (``WORKER_CONCURRENCY``
-  at most running), each under a lease, counting an attempt (``jobs.claim_due``);
-- wake-ups: the ``NOTIFY`` sent by each new job's INSERT at commit (``shared.jobs.wakeups``),
-  a poll every ``POLL_EVERY_SECONDS``, this worker's own delayed retries coming due, and a
-  finished job while more may be due. A lost wake-up costs latency, never a job;
+- claim: the delivered copy is claimed under a lease, with generation fencing (claims that
+  arrive together go in one statement, ``jobs.claim``); a duplicate delivery, a stale copy of
+  an earlier generation, a cancelled job or one a second worker took gets nothing and returns;
 - lease: one statement a second renews the leases of all this process's jobs whose outcome
   is not written yet, and reads ``cancel_requested`` (a cancel stops the handler within about
   a second); a job no longer ours (reclaimed after a lapse) is stopped. It runs on a connection
   of its own, outside the pool: handlers that hold every pooled connection (a slow webhook
-  receiver, reports) must not make a live worker's leases lapse and its jobs run twice;
+  receiver, reports) must not make a live worker's leases lapse and its jobs run twice. The
+  same loop is the reaper: jobs of workers that stopped renewing go back to the queue under a
+  new generation and are handed to ARQ again at once, their stale ARQ copies removed;
 - outcome: complete (completions that arrive while one statement is in flight go together in
-  the next); transient failure → due again after exponential backoff with jitter, until
-  ``max_attempts``; permanent failure → failed at once, with a readable error; worker
-  shutdown → what has not finished within the grace period is handed back without counting
-  the attempt.
+  the next); transient failure → the next generation, handed to ARQ deferred by full-jitter
+  backoff, until ``max_attempts``; permanent failure → failed at once, with a readable error;
+  worker shutdown → what has not finished within the grace period is handed back (and to
+  ARQ) without counting the attempt.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg
 
@@ -36,7 +37,7 @@ from shared.db.connection import SERVER_SETTINGS
 from shared.db.urls import driver_url
 from shared.jobs import service as jobs
 from shared.jobs.retry import describe, is_transient
-from shared.jobs.wakeups import listen_for_jobs
+from shared.jobs.schemas import QueuedJob
 from shared.logs import request_id_var
 from worker.context import WorkerContext
 
@@ -48,12 +49,11 @@ RENEW_EVERY_SECONDS = 1.0
 # another worker's reaper hand the job to someone else.
 FENCE_AFTER_SECONDS = jobs.LEASE_SECONDS - 4
 PROGRESS_EVERY_SECONDS = 0.5
-POLL_EVERY_SECONDS = 0.5
-CLAIM_BATCH = 100
-CLAIM_RETRY_SECONDS = 1.0
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
 _T = TypeVar("_T")
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 @dataclass(slots=True)
@@ -86,68 +86,11 @@ async def _unknown_kind(run: JobRun) -> dict[str, Any]:
 
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the job drain stopped: %r", task.exception())
+        log.error("the lease keeper stopped: %r", task.exception())
 
 
-class _Completions:
-    """Job completions, coalesced: those submitted while one statement is in flight (or in
-    the same event-loop tick) are written together by the next one."""
-
-    def __init__(self, state: WorkerContext) -> None:
-        self._state = state
-        self._pending: list[tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def complete(self, lease: jobs.Lease, result: dict[str, Any]) -> bool:
-        """``True`` when the job is now complete; ``False`` when it was no longer ours."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((lease, result, done))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
-        return await done
-
-    async def _write(self) -> None:
-        try:
-            await asyncio.sleep(0)  # the jobs finishing in this tick join the first statement
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    completed = await self._complete(batch)
-                except Exception:
-                    # one bad result (or a blip) must not fail its neighbours: one at a time
-                    for entry in batch:
-                        await self._complete_one(entry)
-                    continue
-                for (job_id, _), _, done in batch:
-                    if not done.done():
-                        done.set_result(job_id in completed)
-        finally:
-            self._writer = None
-
-    async def _complete(
-        self, batch: list[tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]]
-    ) -> set[uuid.UUID]:
-        async with self._state.db.acquire() as conn:
-            return await jobs.complete_many(
-                conn, self._state.worker_id, [(lease, r) for lease, r, _ in batch]
-            )
-
-    async def _complete_one(
-        self, entry: tuple[jobs.Lease, dict[str, Any], asyncio.Future[bool]]
-    ) -> None:
-        lease, _, done = entry
-        try:
-            completed = await _retrying(lambda: self._complete([entry]))
-        except Exception as exc:
-            if not done.done():
-                done.set_exception(exc)
-            return
-        if not done.done():
-            done.set_result(lease[0] in completed)
-
-
-# Outcome writes are retried for a while: the lease is renewed while an outcome is pending, so
-# a database blip need not make a finished job run again.
+# Claims and outcome writes are retried for a while: the lease is renewed while an outcome is
+# pending, so a database blip need not make a finished job run again.
 OUTCOME_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 OUTCOME_WAIT_AT_STOP_SECONDS = 15.0
 
@@ -157,154 +100,158 @@ async def _retrying(write: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         try:
             return await write()
         except Exception as exc:
-            log.warning("writing a job's outcome failed; retrying in %.1f s: %s", delay, exc)
+            log.warning("a job statement failed; retrying in %.1f s: %s", delay, exc)
             await asyncio.sleep(delay)
     return await write()
 
 
-class JobDrain:
-    """One per worker process: claims, runs and finishes durable jobs (see the module)."""
+class _Batched(Generic[_In, _Out]):
+    """One statement for many callers: the entries submitted while a statement is in flight
+    (or in the same event-loop tick) are written together by the next one. A batch that fails
+    is written again one entry at a time, with retries, so that one bad entry (or a blip)
+    does not fail its neighbours."""
+
+    def __init__(self, write: Callable[[list[_In]], Coroutine[Any, Any, list[_Out]]]) -> None:
+        self._write_batch = write
+        self._pending: list[tuple[_In, asyncio.Future[_Out]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, entry: _In) -> _Out:
+        done: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the entries of this tick join the first statement
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    outcomes = await self._write_batch([entry for entry, _ in batch])
+                except Exception:
+                    for entry in batch:
+                        await self._write_one(*entry)
+                    continue
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if not done.done():
+                        done.set_result(outcome)
+        finally:
+            self._writer = None
+
+    async def _write_one(self, entry: _In, done: asyncio.Future[_Out]) -> None:
+        try:
+            outcome: _Out
+            (outcome,) = await _retrying(lambda: self._write_batch([entry]))
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(outcome)
+
+
+class JobRunner:
+    """One per worker process: claims, runs and finishes the durable jobs ARQ delivers, and
+    keeps their leases (see the module)."""
 
     def __init__(
         self, state: WorkerContext, handlers: dict[str, Handler], *, database_url: str
     ) -> None:
         self._state = state
         self._handlers = handlers
-        self._database_url = database_url
-        self._concurrency = state.settings.worker_concurrency
-        self._completions = _Completions(state)
+        self._claims: _Batched[jobs.Lease, jobs.ClaimedJob | None] = _Batched(self._claim)
+        self._completions: _Batched[tuple[jobs.Lease, dict[str, Any]], bool] = _Batched(
+            self._complete_batch
+        )
         self._runs: dict[uuid.UUID, tuple[JobRun, asyncio.Task[None]]] = {}
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._more_due = False
-        self._retry_at: float | None = None
         self._stopping = False
-        self._deadline: float | None = None
-        self._claiming = False  # a claim statement is in flight or its jobs not started yet
+        self._grace: asyncio.Task[None] | None = None
         self._lease_conn = _OwnConnection(database_url)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._claim_loop()),
-            asyncio.create_task(self._lease_loop()),
-            asyncio.create_task(listen_for_jobs(self._database_url, self.wake)),
-        ]
+        self._tasks = [asyncio.create_task(self._lease_loop())]
         for task in self._tasks:
             task.add_done_callback(_log_crash)
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def request_stop(self) -> None:
-        """Take no more jobs; running ones have ``WORKER_SHUTDOWN_GRACE_SECONDS`` from now."""
-        if not self._stopping:
+        """Take no more jobs; running ones have ``WORKER_SHUTDOWN_GRACE_SECONDS`` from now,
+        then are stopped and handed back."""
+        if self._grace is None:
             self._stopping = True
-            self._deadline = time.monotonic() + self._state.settings.worker_shutdown_grace_seconds
-            self._wake.set()
+            grace = self._state.settings.worker_shutdown_grace_seconds
+            self._grace = asyncio.create_task(self._hand_back_after(grace))
+            self._grace.add_done_callback(_log_crash)
 
-    async def stop(self, *, drain: bool = False) -> None:
-        """Stop (after running every due job first, with ``drain``): wait for running jobs
-        until the grace period ends, then stop their handlers and hand the jobs back."""
-        if drain and not self._stopping:
-            self._idle.clear()
-            self._wake.set()
-            await self._idle.wait()
+    async def stop(self) -> None:
+        """Stop: running jobs get the rest of the grace period, then are stopped and handed
+        back (after the ARQ workers have stopped, nothing runs any more, usually); then the
+        lease keeper stops."""
         self.request_stop()
-        assert self._deadline is not None
-        if self._tasks:
-            claim_loop = self._tasks[0]
-            if not self._claiming:  # asleep, or waiting for a pooled connection
-                claim_loop.cancel()
-            # a claim in flight starts its jobs first; asyncio.wait, not a suppressed await,
-            # so that a cancellation of stop() itself is not swallowed
-            await asyncio.wait([claim_loop])
-        running = [task for _, task in self._runs.values()]
-        if running:
-            await asyncio.wait(running, timeout=max(0.0, self._deadline - time.monotonic()))
-        shutdown = [run for run, task in self._runs.values() if not run.finishing]
-        for run in shutdown:
-            run.stop_reason = "shutdown"
-            self._runs[run.job.id][1].cancel()
-        if self._runs:
-            # outcomes still being written get a while more (their writes are retried and
-            # time-limited); past it they are dropped: their leases lapse, the reaper returns
-            # the jobs
-            tasks = [task for _, task in self._runs.values()]
-            _, late = await asyncio.wait(tasks, timeout=OUTCOME_WAIT_AT_STOP_SECONDS)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
-        if shutdown:
-            await self._hand_back([run.job.lease for run in shutdown])
+        assert self._grace is not None
+        await asyncio.wait([self._grace])
+        await self._stop_all_runs()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
         await self._lease_conn.close()
 
-    # --- claiming --------------------------------------------------------------------------
+    async def _hand_back_after(self, grace: float) -> None:
+        running = [task for _, task in self._runs.values()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        await self._stop_all_runs()
 
-    async def _claim_loop(self) -> None:
-        state = self._state
-        while not self._stopping:
-            self._wake.clear()
-            if self._retry_at is not None and self._retry_at <= time.monotonic():
-                self._retry_at = None  # this claim takes the retry that came due
-            free = self._concurrency - len(self._runs)
-            if free > 0:
-                limit = min(free, CLAIM_BATCH)
-                claimed: list[jobs.ClaimedJob] = []
-                try:
-                    async with state.db.acquire() as conn:
-                        if self._stopping:  # stopped while waiting for a connection
-                            break
-                        self._claiming = True
-                        claimed = await jobs.claim_due(conn, state.worker_id, limit)
-                except Exception as exc:
-                    self._claiming = False
-                    log.warning("claiming jobs failed: %s", exc)
-                    await self._sleep(CLAIM_RETRY_SECONDS)
-                    continue
-                for job in claimed:
-                    self._start(job)
-                self._claiming = False
-                self._more_due = len(claimed) == limit
-                if not self._runs:
-                    self._idle.set()
-                if self._more_due and len(self._runs) < self._concurrency:
-                    continue
-            else:
-                self._more_due = True  # a slot that frees up wakes the loop
-            await self._sleep(POLL_EVERY_SECONDS)
+    async def _stop_all_runs(self) -> None:
+        for run, _ in list(self._runs.values()):
+            self._stop_run(run, "shutdown")
+        if self._runs:
+            # outcomes and hand-backs still being written get a while more (their writes are
+            # retried and time-limited); past it they are dropped: their leases lapse, the
+            # reaper returns the jobs
+            tasks = [task for _, task in self._runs.values()]
+            _, late = await asyncio.wait(tasks, timeout=OUTCOME_WAIT_AT_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
-    async def _sleep(self, seconds: float) -> None:
-        if self._retry_at is not None:
-            seconds = max(0.0, min(seconds, self._retry_at - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+    # --- one delivered copy ------------------------------------------------------------------
 
-    def _start(self, job: jobs.ClaimedJob) -> None:
+    async def run(self, job_id: uuid.UUID, generation: int) -> None:
+        """ARQ delivered this copy: claim it and, if it is ours to run, run it to its outcome.
+        A copy delivered while the process stops is not claimed (the relay hands the job to
+        another worker)."""
+        if self._stopping:
+            return
+        job = await self._claims.submit((job_id, generation))
+        if job is None:
+            log.debug(
+                "delivered copy not claimed (stale, cancelled or taken)",
+                extra={"job_id": str(job_id), "generation": generation},
+            )
+            return
         old = self._runs.get(job.id)
-        if old is not None and not old[0].finishing:
-            # our own earlier copy, whose lease lapsed and was reclaimed: it must stop (its
-            # writes name its generation and change nothing any more)
-            old[0].stop_reason = "lost"
-            old[1].cancel()
+        if old is not None:  # our own earlier copy, whose lease lapsed: its writes are fenced
+            self._stop_run(old[0], "lost")
         run = JobRun(job=job, state=self._state)
         task = asyncio.create_task(self._run(run))
         self._runs[job.id] = (run, task)
         task.add_done_callback(lambda _: self._finished(job.id, task))
+        await task
+
+    async def _claim(self, leases: list[jobs.Lease]) -> list[jobs.ClaimedJob | None]:
+        async with self._state.db.acquire() as conn:
+            claimed = {j.lease: j for j in await jobs.claim(conn, self._state.worker_id, leases)}
+        return [claimed.get(lease) for lease in leases]
 
     def _finished(self, job_id: uuid.UUID, task: asyncio.Task[None]) -> None:
         entry = self._runs.get(job_id)
         if entry is not None and entry[1] is task:  # not a later claim of the same job
             del self._runs[job_id]
-        if self._more_due:
-            self._wake.set()
-
-    # --- one job -----------------------------------------------------------------------------
 
     async def _run(self, run: JobRun) -> None:
         state, job = self._state, run.job
@@ -330,10 +277,15 @@ class JobDrain:
             state.jobs_done += 1
             request_id_var.reset(token)
 
+    async def _complete_batch(self, batch: list[tuple[jobs.Lease, dict[str, Any]]]) -> list[bool]:
+        async with self._state.db.acquire() as conn:
+            completed = await jobs.complete_many(conn, self._state.worker_id, batch)
+        return [job_id in completed for (job_id, _), _ in batch]
+
     async def _complete(self, job: jobs.ClaimedJob, result: dict[str, Any]) -> None:
         extra = {"job_id": str(job.id), "kind": job.kind, "attempt": job.attempt}
         try:
-            completed = await self._completions.complete(job.lease, result)
+            completed = await self._completions.submit((job.lease, result))
         except Exception as exc:  # the lease lapses and the job runs again
             log.error("could not record a completed job: %s", exc, extra=extra)
             return
@@ -350,43 +302,31 @@ class JobDrain:
             log.info("job cancelled", extra={"job_id": str(job.id)})
         elif run.stop_reason == "lost":
             log.warning("job lease lost; this copy stopped", extra={"job_id": str(job.id)})
-        # "shutdown": stop() hands the jobs back together
+        else:
+            back = await self._write(jobs.hand_back, self._state.worker_id, [job.lease])
+            if back:
+                log.info("job handed back at shutdown", extra={"job_id": str(job.id)})
+                await self._hand_over(back)
 
     async def _after_failure(self, job: jobs.ClaimedJob, exc: Exception) -> None:
         state = self._state
         error = describe(exc)
+        extra: dict[str, Any] = {"job_id": str(job.id), "attempt": job.attempt, "error": error}
         if is_transient(exc) and job.attempt < job.max_attempts:
             delay = jobs.backoff_seconds(job.attempt)
-            requeued = await self._write(
-                jobs.schedule_retry, job.lease, state.worker_id, error, delay
-            )
-            if requeued is False:  # cancelled meanwhile, or the job is no longer this worker's
-                log.info(
-                    "job attempt failed; not requeued",
-                    extra={"job_id": str(job.id), "attempt": job.attempt, "error": error},
-                )
+            again = await self._write(jobs.schedule_retry, job.lease, state.worker_id, error, delay)
+            if again is None:  # cancelled meanwhile, or the job is no longer this worker's
+                log.info("job attempt failed; not requeued", extra=extra)
                 return
             metrics.JOBS_RETRIED.labels(job.kind).inc()
-            log.warning(
-                "job attempt failed; retrying",
-                extra={
-                    "job_id": str(job.id),
-                    "attempt": job.attempt,
-                    "delay": round(delay, 2),
-                    "error": error,
-                },
-            )
-            due = time.monotonic() + delay
-            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
-            self._wake.set()  # the claim loop sleeps until then at most
+            log.warning("job attempt failed; retrying", extra={**extra, "delay": round(delay, 2)})
+            await self._hand_over([again])
             return
         if is_transient(exc):
             error = f"gave up after {job.attempt} attempts: {error}"
         await self._write(jobs.fail, job.lease, state.worker_id, error)
         metrics.JOBS_FAILED.labels(job.kind).inc()
-        log.error(
-            "job failed", extra={"job_id": str(job.id), "attempt": job.attempt, "error": error}
-        )
+        log.error("job failed", extra={**extra, "error": error})
 
     async def _write(self, statement: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
         """One outcome write, returning what the statement returns (``None`` when it could
@@ -403,19 +343,22 @@ class JobDrain:
             log.warning("could not record a job's outcome: %s", exc)
             return None
 
-    async def _hand_back(self, leases: list[jobs.Lease]) -> None:
+    async def _hand_over(
+        self, copies: list[QueuedJob], stale: list[QueuedJob] | None = None
+    ) -> None:
+        """The next generation of these jobs to ARQ (best effort: the relay delivers what
+        fails here), their stale copies removed from ARQ first."""
         try:
-            async with self._state.db.acquire() as conn:
-                count = await jobs.hand_back(conn, self._state.worker_id, leases)
-        except Exception as exc:  # the leases lapse and the reaper returns the jobs
-            log.warning("could not hand back jobs: %s", exc)
-            return
-        log.info("jobs handed back at shutdown", extra={"count": count})
+            if stale:
+                await self._state.queue.forget(stale)
+            await self._state.queue.hand_over(copies)
+        except Exception as exc:
+            log.warning("handing jobs to ARQ failed; the relay will: %s", exc)
 
     # --- leases ------------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        """Each second, on the drain's own connection: renew this process's leases, stop the
+        """Each second, on the runner's own connection: renew this process's leases, stop the
         copies that are no longer ours (or cancelled, or whose lease could not be renewed
         for too long), then return the jobs of workers that stopped renewing theirs."""
         while True:
@@ -432,6 +375,8 @@ class JobDrain:
                 continue
             if reclaimed:
                 log.warning("reclaimed jobs from lost workers", extra={"count": len(reclaimed)})
+                stale = [QueuedJob(j.id, j.generation - 1, j.kind) for j in reclaimed]
+                await self._hand_over(reclaimed, stale)
 
     async def _renew(self, held: list[JobRun]) -> None:
         asked = time.monotonic()
@@ -454,7 +399,7 @@ class JobDrain:
 
     def _stop_run(self, run: JobRun, reason: StopReason) -> None:
         entry = self._runs.get(run.job.id)
-        if entry is not None and entry[0] is run and run.stop_reason is None:
+        if entry is not None and entry[0] is run and run.stop_reason is None and not run.finishing:
             run.stop_reason = reason
             entry[1].cancel()
 

@@ -19,13 +19,14 @@ Admin = Annotated[Principal, requires(Scope.admin)]
 
 @router.get("/queue", response_model=QueueStats)
 async def queue(conn: ConnDep, state: StateDep, _: Admin) -> QueueStats:
-    """Job counts from the durable records; `redis_*` show what the queue itself holds
-    (null while Redis is down)."""
+    """Job counts from the durable records; `redis_*` show what ARQ holds for this stack,
+    every lane together: ready, deferred, in progress (null while Redis is down)."""
     stats = await service.queue_stats(conn)
     try:
         stats.redis_ready, stats.redis_deferred = await state.queue.depth()
+        stats.redis_in_progress = await state.queue.in_progress_count()
     except Exception:
-        stats.redis_ready = stats.redis_deferred = None
+        stats.redis_ready = stats.redis_deferred = stats.redis_in_progress = None
     return stats
 
 

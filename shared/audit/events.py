@@ -8,15 +8,17 @@ from typing import Any
 
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
-from shared.jobs.outbox import create_job
+from shared.jobs.outbox import create_job, job_insert
 
-# The audit job's row as an ``INSERT … SELECT`` for a data-modifying CTE: a hot path writes its
-# event in the statement that makes the change (``payload``, ``source`` and the rest are SQL
-# expressions of that statement). Same columns as ``shared.jobs.outbox.create_job``.
-AUDIT_JOB_INSERT = (
-    "INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id)"
-    " SELECT 'audit', {payload}, {max_attempts}, {request_id}, {actor_key_id} FROM {source}"
-    " RETURNING id"
+# The audit job's row for a data-modifying CTE: a hot path writes its event in the statement
+# that makes the change (``payload``, ``source`` and the rest are SQL expressions of that
+# statement, filled in with ``str.format``). The one job INSERT, ``shared.jobs.outbox``'s.
+AUDIT_JOB_INSERT = job_insert(
+    {
+        "kind": "'audit'",
+        **{f: f"{{{f}}}" for f in ("payload", "max_attempts", "request_id", "actor_key_id")},
+    },
+    source="{source}",
 )
 
 

@@ -187,9 +187,10 @@ class IdempotencyKey(Base):
 
 
 class Job(Base):
-    """Durable job record and transactional outbox entry: the workers claim durable jobs from
-    this table (ix_jobs_due) and drain audit events from it (ix_jobs_audit_pending).
-    ``enqueued_at`` is only informative now: nothing waits on a hand-over to Redis."""
+    """Durable job record and transactional outbox entry, the truth about a job that ARQ
+    carries (``shared.queue``): the relay reads the queued ones (ix_jobs_due) to hand over what
+    Redis does not hold; the audit drain reads pending events (ix_jobs_audit_pending).
+    ``enqueued_at`` is only informative: written by the audit drain."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -212,7 +213,7 @@ class Job(Base):
             "created_at",
             postgresql_where=text("kind = 'audit' AND status = 'queued'"),
         ),
-        # The worker's claim: due durable jobs in (run_after, id) order (shared.jobs.service).
+        # The relay's read: queued durable jobs in (run_after, id) order (shared.jobs.service).
         Index(
             "ix_jobs_due",
             "run_after",
@@ -244,7 +245,8 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker_id: Mapped[str | None] = mapped_column(Text)
     # Counts the times the job went back to the queue (retry, reclaim after a lost lease,
-    # hand-back on shutdown): informative, for the logs and tests; nothing keys on it.
+    # hand-back on shutdown): a claim takes only the generation its ARQ copy names, and every
+    # write of an attempt names it (fencing); the ARQ id is <queue>:<id>:<generation>.
     generation: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
 

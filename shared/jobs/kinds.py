@@ -21,3 +21,8 @@ class JobStatus(StrEnum):
 
 
 FINISHED_STATUSES = frozenset({JobStatus.complete, JobStatus.failed, JobStatus.cancelled})
+
+# Kinds that run on an ARQ queue of their own, served by every worker process with few slots
+# (``shared.queue.lane_name``, ``worker.main``): long jobs that must never take every slot
+# from the short ones. Any other kind shares the main queue's slots.
+KINDS_WITH_OWN_LANE = frozenset({JobKind.report})

@@ -1,12 +1,9 @@
 """Writing jobs: a job record is also its outbox entry, inserted in the caller's transaction.
 
-Audit events are drained in batches by the worker's ``drain_audit``, woken through Redis after
-the commit (``shared.queue``). Every other kind is claimed by the workers straight from this
-table (``shared.jobs.service.claim_due``): the row is the queue, and the wake-up is a
-PostgreSQL ``NOTIFY`` on ``JOBS_CHANNEL`` sent by the same statement that inserts the row. A
-notification is delivered when, and only when, the transaction commits, so nothing has to be
-handed over after the commit and nothing is lost if the process dies right after it; a worker
-that misses a notification finds the job on its next poll."""
+The record is the truth; ARQ carries the job. After the commit the API hands each new job to
+ARQ (``shared.queue.Queue.dispatch``), best effort; the worker tier's relay hands over every
+queued job whose ARQ copy is missing (never sent, or lost by Redis), so a job written here is
+never lost. Audit events are drained from this table in batches by a coalesced ARQ job."""
 
 from __future__ import annotations
 
@@ -16,22 +13,33 @@ from typing import Any
 from shared.db.unit_of_work import NewJob, UnitOfWork
 from shared.jobs.kinds import JobKind
 
-# One channel per database: the workers of a database share its job table.
-JOBS_CHANNEL = "stockroom_jobs"
+# A job record's columns as written, with their types.
+JOB_COLUMNS = {
+    "kind": "text",
+    "payload": "jsonb",
+    "max_attempts": "int",
+    "request_id": "text",
+    "actor_key_id": "uuid",
+    "retry_of": "uuid",
+}
 
-_INSERT_JOB = """
-INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id, retry_of)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id
-"""
 
-# NOTIFY takes a database-wide lock at commit that serializes notifying transactions: cheap
-# for webhooks, reports and retries, which is why the per-request audit events do not notify.
-_INSERT_JOB_AND_NOTIFY = f"""
-INSERT INTO jobs (kind, payload, max_attempts, request_id, actor_key_id, retry_of)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, pg_notify('{JOBS_CHANNEL}', '')
-"""
+def job_insert(values: dict[str, str], source: str | None = None) -> str:
+    """The one statement that writes a job record, as ``INSERT … SELECT`` of SQL expressions
+    by column (parameters, or columns of ``source`` when a hot path writes its event in the
+    statement that makes the change; a column not given is NULL). Returns the job's ``id``."""
+    return (
+        f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)})"
+        f" SELECT {', '.join(values.get(column, 'NULL') for column in JOB_COLUMNS)}"
+        + (f" FROM {source}" if source else "")
+        + " RETURNING id"
+    )
+
+
+# $1 … $6 in JOB_COLUMNS' order
+_INSERT_JOB = job_insert(
+    {column: f"${n}::{type_}" for n, (column, type_) in enumerate(JOB_COLUMNS.items(), 1)}
+)
 
 
 async def create_job(
@@ -42,7 +50,7 @@ async def create_job(
     retry_of: uuid.UUID | None = None,
 ) -> uuid.UUID:
     job_id: uuid.UUID = await uow.conn.fetchval(
-        _INSERT_JOB if kind == JobKind.audit else _INSERT_JOB_AND_NOTIFY,
+        _INSERT_JOB,
         kind.value,
         payload,
         max_attempts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,8 +43,10 @@ class QueueStats(BaseModel):
     deferred: int
     failed_last_hour: int
     oldest_queued_age_seconds: float
+    # what ARQ holds for this stack (every lane), null while Redis is down
     redis_ready: int | None = None
     redis_deferred: int | None = None
+    redis_in_progress: int | None = None
 
 
 class WorkerInfo(BaseModel):
@@ -54,3 +57,19 @@ class WorkerInfo(BaseModel):
     last_heartbeat: datetime
     jobs_running: int
     jobs_done: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A queued job as ARQ carries it: its ARQ copy is named by the id and the generation, and
+    is due at ``due`` (``None``: now)."""
+
+    id: uuid.UUID
+    generation: int
+    kind: str
+    due: datetime | None = None
+
+    @property
+    def lease(self) -> tuple[uuid.UUID, int]:
+        """What its ARQ copy claims: the job and this generation."""
+        return (self.id, self.generation)

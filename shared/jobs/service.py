@@ -1,12 +1,14 @@
 """Job records: reads for the API, cancel and retry, and the worker's side of a job's life —
-claim due jobs in batches under a lease, renew, finish, fail, hand back, and reclaim from dead
-workers.
+claim a delivered job under a lease, renew, finish, fail, hand back, and reclaim from dead
+workers; and the relay's read of the jobs waiting for ARQ.
 
-The ``jobs`` table is the queue of every kind but audit: workers claim due rows with
-``FOR UPDATE SKIP LOCKED``. A job runs under a lease (``lease_until``) that its worker renews
-every second. A worker that dies (SIGKILL, lost host) stops renewing; the reaper puts the job
-back in the queue when the lease lapses, whatever the job's own length — ARQ's own recovery
-would wait for the longest ``job_timeout`` of any task. ``generation`` counts the times a job
+ARQ carries the jobs (``shared.queue``); this table stays the truth. The ARQ function claims
+the record it names — the job *and its generation* — before it runs the handler; the claim
+takes only a queued job of that generation, so a duplicate delivery, a stale copy or a second
+worker gets nothing. A job runs under a lease (``lease_until``) that its worker renews every
+second. A worker that dies (SIGKILL, lost host) stops renewing; the reaper puts the job back
+in the queue under a new generation when the lease lapses, whatever the job's own length, and
+it is handed to ARQ again under that generation's id. ``generation`` counts the times a job
 went back to the queue (retry, hand-back, reclaim)."""
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.audit.events import record_event
@@ -22,8 +24,8 @@ from shared.db.connection import Connection
 from shared.db.unit_of_work import UnitOfWork
 from shared.errors import JobStateConflict, NotFound
 from shared.jobs.kinds import FINISHED_STATUSES, JobKind, JobStatus
-from shared.jobs.outbox import JOBS_CHANNEL, create_job
-from shared.jobs.schemas import Job, JobLinks, QueueStats
+from shared.jobs.outbox import create_job
+from shared.jobs.schemas import Job, JobLinks, QueuedJob, QueueStats
 from shared.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
 
 LEASE_SECONDS = 15
@@ -191,6 +193,56 @@ async def queue_stats(conn: Connection) -> QueueStats:
     return QueueStats(**dict(row))
 
 
+# Bucket bounds (seconds) of the job-duration histogram read from the records.
+DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecordStats:
+    """One (kind, status) of the job records: how many, and for finished ones (complete or
+    failed) their durations, first start to finish: cumulative counts per
+    ``DURATION_BUCKETS`` bound, and the sum."""
+
+    kind: str
+    status: str
+    count: int
+    timed: int
+    seconds: float
+    buckets: tuple[int, ...]
+
+
+_DURATION = "extract(epoch FROM j.finished_at - j.started_at)"
+_BUCKET_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE t.timed AND {_DURATION} <= {bound})" for bound in DURATION_BUCKETS
+)
+JOB_RECORD_STATS = f"""
+SELECT j.kind, j.status, count(*) AS count,
+    count(*) FILTER (WHERE t.timed) AS timed,
+    coalesce(sum({_DURATION}) FILTER (WHERE t.timed), 0)::float8 AS seconds,
+    ARRAY[{_BUCKET_COUNTS}] AS buckets
+FROM jobs j, LATERAL (SELECT j.status IN ('complete', 'failed')
+                          AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL) t(timed)
+GROUP BY j.kind, j.status
+"""
+
+
+async def job_record_stats(conn: Connection) -> list[JobRecordStats]:
+    """Every job record by kind and status, with the durations of the finished ones: the
+    whole picture of the queue's outcomes, from the durable records (``/metrics``)."""
+    rows = await conn.fetch(JOB_RECORD_STATS, timeout=STATEMENT_TIMEOUT_SECONDS)
+    return [
+        JobRecordStats(
+            kind=r["kind"],
+            status=r["status"],
+            count=r["count"],
+            timed=r["timed"],
+            seconds=r["seconds"],
+            buckets=tuple(r["buckets"]),
+        )
+        for r in rows
+    ]
+
+
 # --- worker side -----------------------------------------------------------------------------
 
 
@@ -231,26 +283,30 @@ def _claimed(row: Any) -> ClaimedJob:
     )
 
 
-# ``SKIP LOCKED``: any number of workers claim at once, never the same job. Reads ix_jobs_due.
-CLAIM_DUE = f"""
+# The claim of the jobs ARQ has just delivered, in one statement: each under a fresh lease,
+# counting an attempt, if it is still queued under the generation its ARQ copy names and its
+# cancel was not requested. Two workers racing for a job: the second waits for the first's
+# row lock, then finds the job in progress and takes nothing.
+CLAIM = f"""
 UPDATE jobs j SET status = 'in_progress', attempts = j.attempts + 1,
-    started_at = coalesce(j.started_at, now()), worker_id = $1,
+    started_at = coalesce(j.started_at, now()), worker_id = $3,
     lease_until = now() + make_interval(secs => {LEASE_SECONDS})
-FROM (SELECT id FROM jobs
-      WHERE status = 'queued' AND kind <> 'audit' AND run_after <= now()
-        AND NOT cancel_requested
-      ORDER BY run_after, id
-      LIMIT $2
-      FOR UPDATE SKIP LOCKED) due
-WHERE j.id = due.id
+FROM unnest($1::uuid[], $2::int[]) AS c(id, generation)
+WHERE j.id = c.id AND j.generation = c.generation AND j.status = 'queued'
+  AND NOT j.cancel_requested AND j.kind <> 'audit'
 RETURNING {_CLAIMED}
 """
 
 
-async def claim_due(conn: Connection, worker_id: str, limit: int) -> list[ClaimedJob]:
-    """Take up to ``limit`` due jobs for this worker in one statement, each under a fresh
-    lease and counting an attempt, oldest due first (``CLAIM_DUE``)."""
-    rows = await conn.fetch(CLAIM_DUE, worker_id, limit, timeout=STATEMENT_TIMEOUT_SECONDS)
+async def claim(conn: Connection, worker_id: str, leases: list[Lease]) -> list[ClaimedJob]:
+    """Claim these delivered jobs for this worker (``CLAIM``): the ones it may run."""
+    rows = await conn.fetch(
+        CLAIM,
+        [job_id for job_id, _ in leases],
+        [generation for _, generation in leases],
+        worker_id,
+        timeout=STATEMENT_TIMEOUT_SECONDS,
+    )
     return [_claimed(r) for r in rows]
 
 
@@ -333,20 +389,29 @@ async def mark_cancelled(conn: Connection, lease: Lease, worker_id: str) -> None
     )
 
 
+_QUEUED = "id, generation, kind, run_after, status"
+
+
+def _queued(row: Any) -> QueuedJob:
+    return QueuedJob(
+        id=row["id"], generation=row["generation"], kind=row["kind"], due=row["run_after"]
+    )
+
+
 async def schedule_retry(
     conn: Connection, lease: Lease, worker_id: str, error: str, delay: float
-) -> bool:
-    """Back to the queue, due in ``delay`` seconds; ``True`` when requeued. A job whose cancel
-    was requested meanwhile is cancelled instead (a queued job is never claimed once its
-    cancel is requested)."""
-    status: str | None = await conn.fetchval(
+) -> QueuedJob | None:
+    """Back to the queue under the next generation, due in ``delay`` seconds: the copy to hand
+    to ARQ, or ``None`` when not requeued. A job whose cancel was requested meanwhile is
+    cancelled instead (a queued job is never claimed once its cancel is requested)."""
+    row = await conn.fetchrow(
         f"""
         UPDATE jobs SET error = $4, worker_id = NULL, lease_until = NULL,
             status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
             finished_at = CASE WHEN cancel_requested THEN now() END,
             run_after = now() + make_interval(secs => $5), generation = generation + 1
         WHERE {_OURS}
-        RETURNING status
+        RETURNING {_QUEUED}
         """,
         *lease,
         worker_id,
@@ -354,14 +419,15 @@ async def schedule_retry(
         delay,
         timeout=STATEMENT_TIMEOUT_SECONDS,
     )
-    return status == JobStatus.queued
+    return None if row is None or row["status"] != JobStatus.queued else _queued(row)
 
 
-async def hand_back(conn: Connection, worker_id: str, leases: list[Lease]) -> int:
+async def hand_back(conn: Connection, worker_id: str, leases: list[Lease]) -> list[QueuedJob]:
     """The worker is shutting down: return its jobs without counting the attempt, due now,
-    and wake the other workers (``NOTIFY``). Returns how many were handed back."""
+    under the next generation. Returns the copies to hand to ARQ (a job whose cancel was
+    requested is cancelled instead)."""
     rows = await conn.fetch(
-        f"""
+        """
         UPDATE jobs j SET attempts = greatest(j.attempts - 1, 0),
             status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
             finished_at = CASE WHEN j.cancel_requested THEN now() END,
@@ -369,20 +435,20 @@ async def hand_back(conn: Connection, worker_id: str, leases: list[Lease]) -> in
         FROM unnest($1::uuid[], $2::int[]) AS l(id, generation)
         WHERE j.id = l.id AND j.generation = l.generation AND j.worker_id = $3
           AND j.status = 'in_progress'
-        RETURNING j.id, CASE WHEN j.status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
+        RETURNING j.id, j.generation, j.kind, j.run_after, j.status
         """,
         [job_id for job_id, _ in leases],
         [generation for _, generation in leases],
         worker_id,
         timeout=STATEMENT_TIMEOUT_SECONDS,
     )
-    return len(rows)
+    return [_queued(r) for r in rows if r["status"] == JobStatus.queued]
 
 
-async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
-    """Jobs whose worker stopped renewing its lease go back to the queue (the attempt that
-    died counts), and the workers are woken (``NOTIFY``). A job out of attempts fails
-    instead; one whose cancel was requested is cancelled. Returns the requeued jobs."""
+async def reclaim_expired(conn: Connection) -> list[QueuedJob]:
+    """Jobs whose worker stopped renewing its lease go back to the queue under the next
+    generation (the attempt that died counts). A job out of attempts fails instead; one whose
+    cancel was requested is cancelled. Returns the requeued copies, to hand to ARQ."""
     rows = await conn.fetch(
         f"""
         UPDATE jobs SET
@@ -395,9 +461,30 @@ async def reclaim_expired(conn: Connection) -> list[tuple[uuid.UUID, int]]:
             worker_id = NULL, lease_until = NULL, generation = generation + 1,
             run_after = now()
         WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()
-        RETURNING id, generation, status,
-            CASE WHEN status = 'queued' THEN pg_notify('{JOBS_CHANNEL}', '') END
+        RETURNING {_QUEUED}
         """,
         timeout=STATEMENT_TIMEOUT_SECONDS,
     )
-    return [(r["id"], r["generation"]) for r in rows if r["status"] == JobStatus.queued]
+    return [_queued(r) for r in rows if r["status"] == JobStatus.queued]
+
+
+# The relay's read: queued jobs in ``(run_after, id)`` order after a point, a page at a time
+# (reads ix_jobs_due).
+QUEUED_AFTER = f"""
+SELECT {_QUEUED} FROM jobs
+WHERE status = 'queued' AND kind <> 'audit' AND (run_after, id) > ($1::timestamptz, $2::uuid)
+ORDER BY run_after, id
+LIMIT $3
+"""
+_BEFORE_ANY = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
+
+
+async def queued_after(
+    conn: Connection, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[QueuedJob]:
+    """The next page of queued jobs after ``after`` (``None``: the first page): the jobs
+    whose ARQ copy must exist."""
+    rows = await conn.fetch(
+        QUEUED_AFTER, *(after or _BEFORE_ANY), limit, timeout=STATEMENT_TIMEOUT_SECONDS
+    )
+    return [_queued(r) for r in rows]

@@ -3,11 +3,13 @@ carrying the request id into jobs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,6 +45,10 @@ async def test_queue_view_counts_durable_jobs(
     assert body["queued"] == 3 and body["deferred"] == 1 and body["in_progress"] == 0
     assert body["failed_last_hour"] == 1
     assert 29 <= body["oldest_queued_age_seconds"] < 120
+    # what ARQ holds: the audit drain's wake-up (coalesced; the webhook records above were
+    # never handed over, and no worker runs)
+    assert body["redis_ready"] >= 1
+    assert (body["redis_deferred"], body["redis_in_progress"]) == (0, 0)
 
 
 async def test_workers_view_lists_each_live_worker(
@@ -85,7 +91,7 @@ async def test_workers_view_lists_each_live_worker(
 
 
 async def test_metrics_expose_the_named_series(
-    client: httpx.AsyncClient, admin: dict[str, str]
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database
 ) -> None:
     await client.post(
         "/api/v1/catalog/products",
@@ -93,6 +99,21 @@ async def test_metrics_expose_the_named_series(
         headers=admin,
     )
     await client.get("/api/v1/catalog/products/MET-1", headers=admin)
+    async with db.pool.acquire() as conn:  # finished jobs, as workers leave them
+        await conn.execute(
+            "INSERT INTO jobs (kind, payload, max_attempts, status, started_at, finished_at)"
+            " VALUES ('webhook', '{}', 5, 'complete', now() - interval '0.3 s', now()),"
+            "        ('webhook', '{}', 5, 'complete', now() - interval '20 s', now()),"
+            "        ('report', '{}', 5, 'failed', now() - interval '2 s', now())"
+        )
+
+    async def fresh() -> bool:  # the snapshot is taken at most once a second
+        return (
+            'stockroom_jobs{kind="report",status="failed"} 1.0'
+            in (await client.get("/metrics")).text
+        )
+
+    await eventually(fresh, timeout=5, what="a snapshot with the new records")
     r = await client.get("/metrics")
     assert r.status_code == 200
     text = r.text
@@ -105,6 +126,39 @@ async def test_metrics_expose_the_named_series(
     assert 'stockroom_queue_depth{state="queued"}' in text
     assert "stockroom_live_workers" in text
     assert "stockroom_oldest_queued_age_seconds" in text
+    # outcomes by kind and status, and durations, from the durable records
+    assert 'stockroom_jobs{kind="webhook",status="complete"} 2.0' in text
+    assert 'stockroom_jobs{kind="audit",status="queued"} 1.0' in text
+    webhook = 'kind="webhook",le="{}",status="complete"'
+    assert "stockroom_job_record_duration_seconds_bucket{" + webhook.format("0.1") + "} 0.0" in text
+    assert "stockroom_job_record_duration_seconds_bucket{" + webhook.format("0.5") + "} 1.0" in text
+    assert (
+        "stockroom_job_record_duration_seconds_bucket{" + webhook.format("+Inf") + "} 2.0" in text
+    )
+    assert 'stockroom_job_record_duration_seconds_count{kind="report",status="failed"} 1.0' in text
+    # and what ARQ holds
+    assert 'stockroom_arq_jobs{state="ready"}' in text
+    assert 'stockroom_arq_jobs{state="in_progress"}' in text
+
+
+async def test_metrics_scrapes_share_one_snapshot_until_it_is_due_again(
+    app: Any, client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    await client.get("/metrics")
+    snapshot = app.state.metrics_snapshot
+    snapshot.EVERY_SECONDS = 3600  # (one second in production) so that none is due here
+    try:
+        first = (await client.get("/metrics")).text
+        await client.get("/api/v1/catalog/products", headers=admin)  # counted, not shown yet
+        bodies = await asyncio.gather(*(client.get("/metrics") for _ in range(5)))
+        assert {r.text for r in bodies} == {first}
+    finally:
+        del snapshot.EVERY_SECONDS
+
+    async def taken_again() -> bool:
+        return (await client.get("/metrics")).text != first
+
+    await eventually(taken_again, timeout=5, what="the next snapshot, a second later")
 
 
 async def test_audit_log_filters_and_pages(

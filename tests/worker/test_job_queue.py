@@ -1,6 +1,6 @@
-"""The ``jobs`` table as the queue of durable jobs: the worker's statements (batch claim,
-batched lease renewal and completion, hand-back) and the NOTIFY wake-up, against the real
-database."""
+"""The job records under ARQ's deliveries: the worker's statements (claim of a delivered copy
+with generation fencing, batched lease renewal and completion, hand-back) and the relay's read,
+against the real database."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import asyncio
 import uuid
 from typing import Any
 
-import asyncpg
-
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs import service as jobs
 from shared.jobs.kinds import JobKind, JobStatus
-from shared.jobs.outbox import JOBS_CHANNEL, create_job
-from tests.conftest import Env
+from shared.jobs.outbox import create_job
 
 WEBHOOK = {"type": "stock.low", "data": {"sku": "X", "on_hand": 0, "reorder_point": 1}}
 
@@ -36,50 +33,44 @@ async def status_of(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
     return dict(row)
 
 
-async def test_claim_takes_due_jobs_oldest_first_up_to_the_limit(db: Database) -> None:
-    first = await insert(db, n=3)
-    await insert(db, kind=JobKind.audit)  # drained by drain_audit, never claimed here
-    later, cancelled, oldest = await insert(db, n=3)
+async def test_a_claim_takes_only_a_queued_job_of_the_generation_its_copy_names(
+    db: Database,
+) -> None:
+    ours, stale, cancelled = await insert(db, n=3)
+    (audit,) = await insert(db, kind=JobKind.audit)  # drained by drain_audit, never claimed
     async with db.pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE jobs SET run_after = now() + interval '1 hour' WHERE id = $1", later
-        )
-        await conn.execute(
-            "UPDATE jobs SET run_after = now() - interval '1 minute' WHERE id = $1", oldest
-        )
+        await conn.execute("UPDATE jobs SET generation = 1 WHERE id = $1", stale)
         await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", cancelled)
-        one = await jobs.claim_due(conn, "w:1", 1)
-        two = await jobs.claim_due(conn, "w:1", 2)
-        rest = await jobs.claim_due(conn, "w:2", 10)
-        none = await jobs.claim_due(conn, "w:2", 10)
-    assert [j.id for j in one] == [oldest]
-    assert len(two) == 2 and len(rest) == 1 and none == []
-    assert {j.id for j in two + rest} == set(first)
-    assert all(j.attempt == 1 and j.request_id == "req-1" and j.kind == "webhook" for j in two)
-    assert {(await status_of(db, j.id))["worker_id"] for j in two} == {"w:1"}
-    assert (await status_of(db, later))["status"] == "queued"
-    assert (await status_of(db, cancelled))["status"] == "queued"
+        leases = [(ours, 0), (stale, 0), (cancelled, 0), (audit, 0)]
+        claimed = await jobs.claim(conn, "w:1", leases)
+        # a duplicate delivery of the same copy gets nothing
+        assert await jobs.claim(conn, "w:2", [(ours, 0)]) == []
+    assert [(j.id, j.generation, j.attempt) for j in claimed] == [(ours, 0, 1)]
+    assert claimed[0].request_id == "req-1" and claimed[0].kind == "webhook"
+    assert (await status_of(db, ours))["worker_id"] == "w:1"
+    for job_id in (stale, cancelled, audit):
+        assert (await status_of(db, job_id))["status"] == "queued"
 
 
-async def test_concurrent_claims_never_take_the_same_job(db: Database) -> None:
-    ids = set(await insert(db, n=60))
+async def test_workers_racing_for_the_same_copies_claim_each_job_once(db: Database) -> None:
+    ids = await insert(db, n=60)
+    leases = [(job_id, 0) for job_id in ids]
 
     async def claimer(worker: str) -> list[uuid.UUID]:
-        taken: list[uuid.UUID] = []
         async with db.pool.acquire() as conn:
-            while batch := await jobs.claim_due(conn, worker, 7):
-                taken += [j.id for j in batch]
-        return taken
+            return [j.id for j in await jobs.claim(conn, worker, leases)]
 
     results = await asyncio.gather(*(claimer(f"w:{i}") for i in range(4)))
     claimed = [job_id for taken in results for job_id in taken]
-    assert len(claimed) == len(set(claimed)) == 60 and set(claimed) == ids
+    assert len(claimed) == len(set(claimed)) == 60 and set(claimed) == set(ids)
+    async with db.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE attempts <> 1") == 0
 
 
 async def test_renewal_completion_and_hand_back_in_batches(db: Database) -> None:
     ids = await insert(db, n=4)
     async with db.pool.acquire() as conn:
-        leases = {j.id: j.lease for j in await jobs.claim_due(conn, "w:1", 4)}
+        leases = {j.id: j.lease for j in await jobs.claim(conn, "w:1", [(i, 0) for i in ids])}
         await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", ids[1])
         await conn.execute("UPDATE jobs SET worker_id = 'w:other' WHERE id = $1", ids[2])
         renewed = await jobs.renew_leases(conn, "w:1", [leases[i] for i in ids])
@@ -88,7 +79,8 @@ async def test_renewal_completion_and_hand_back_in_batches(db: Database) -> None
             conn, "w:1", [(leases[ids[0]], {"n": 0}), (leases[ids[2]], {"n": 2})]
         )
         assert completed == {ids[0]}
-        assert await jobs.hand_back(conn, "w:1", [leases[ids[1]], leases[ids[3]]]) == 2
+        back = await jobs.hand_back(conn, "w:1", [leases[ids[1]], leases[ids[3]]])
+        assert [(j.id, j.generation) for j in back] == [(ids[3], 1)]  # the copy to hand over
     done = await status_of(db, ids[0])
     assert done["status"] == "complete" and done["result"] == {"n": 0}
     # handed back without counting the attempt; a cancel requested meanwhile wins
@@ -105,10 +97,12 @@ async def test_a_lapsed_claim_changes_nothing_even_in_the_worker_that_claims_it_
     its generation: none of them touches the new claim."""
     (job_id,) = await insert(db)
     async with db.pool.acquire() as conn:
-        (first,) = await jobs.claim_due(conn, "w:1", 1)
+        (first,) = await jobs.claim(conn, "w:1", [(job_id, 0)])
         await conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")
-        assert await jobs.reclaim_expired(conn) == [(job_id, first.generation + 1)]
-        (second,) = await jobs.claim_due(conn, "w:1", 1)
+        reclaimed = await jobs.reclaim_expired(conn)
+        assert [(j.id, j.generation) for j in reclaimed] == [(job_id, first.generation + 1)]
+        assert await jobs.claim(conn, "w:1", [first.lease]) == []  # the stale copy
+        (second,) = await jobs.claim(conn, "w:1", [reclaimed[0].lease])
         assert second.id == job_id and second.generation == first.generation + 1
         # every write of the first copy is fenced off
         assert await jobs.renew_leases(conn, "w:1", [first.lease]) == {}
@@ -116,8 +110,8 @@ async def test_a_lapsed_claim_changes_nothing_even_in_the_worker_that_claims_it_
         assert await jobs.complete_many(conn, "w:1", [(first.lease, {"copy": 1})]) == set()
         await jobs.fail(conn, first.lease, "w:1", "boom")
         await jobs.mark_cancelled(conn, first.lease, "w:1")
-        assert not await jobs.schedule_retry(conn, first.lease, "w:1", "TimeoutError", 0)
-        assert await jobs.hand_back(conn, "w:1", [first.lease]) == 0
+        assert await jobs.schedule_retry(conn, first.lease, "w:1", "TimeoutError", 0) is None
+        assert await jobs.hand_back(conn, "w:1", [first.lease]) == []
         row = await status_of(db, job_id)
         assert (row["status"], row["progress"], row["attempts"]) == ("in_progress", 0, 2)
         # the second copy's own writes land
@@ -130,43 +124,35 @@ async def test_a_lapsed_claim_changes_nothing_even_in_the_worker_that_claims_it_
 async def test_a_retry_of_a_job_whose_cancel_was_requested_cancels_it(db: Database) -> None:
     (job_id,) = await insert(db)
     async with db.pool.acquire() as conn:
-        (claimed,) = await jobs.claim_due(conn, "w:1", 1)
+        (claimed,) = await jobs.claim(conn, "w:1", [(job_id, 0)])
         await conn.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
-        assert not await jobs.schedule_retry(conn, claimed.lease, "w:1", "TimeoutError", 0.5)
+        assert await jobs.schedule_retry(conn, claimed.lease, "w:1", "TimeoutError", 0.5) is None
     row = await status_of(db, job_id)
     assert row["status"] == "cancelled" and row["finished_at"] is not None
 
 
-async def test_a_new_job_notifies_at_commit_and_audit_events_do_not(db: Database, env: Env) -> None:
-    marker = "stockroom_test_marker"
-    listener = await asyncpg.connect(env.database_url)
-    got: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener(JOBS_CHANNEL, lambda *args: got.put_nowait(args[2]))
-    await listener.add_listener(marker, lambda *args: got.put_nowait(args[2]))
+async def test_a_retry_is_the_next_generation_due_after_its_backoff(db: Database) -> None:
+    (job_id,) = await insert(db)
+    async with db.pool.acquire() as conn:
+        (claimed,) = await jobs.claim(conn, "w:1", [(job_id, 0)])
+        again = await jobs.schedule_retry(conn, claimed.lease, "w:1", "TimeoutError", 30)
+        now = await conn.fetchval("SELECT now()")
+    assert again is not None and (again.id, again.generation) == (job_id, 1)
+    assert again.due is not None and 29 < (again.due - now).total_seconds() <= 30
 
-    async def received_up_to_a_marker() -> list[str]:
-        """What arrived before a marker sent now (notifications arrive in commit order)."""
-        async with db.pool.acquire() as conn:
-            await conn.execute(f"NOTIFY {marker}")
-        seen = []
-        while (channel := await asyncio.wait_for(got.get(), timeout=5)) != marker:
-            seen.append(channel)
-        return seen
 
-    try:
-        async with db.transaction() as conn:
-            uow = UnitOfWork(conn, Actor.system())
-            await create_job(uow, JobKind.audit, {}, 5)
-            await create_job(uow, JobKind.webhook, WEBHOOK, 5)
-            await create_job(uow, JobKind.webhook, WEBHOOK, 5)
-            assert await received_up_to_a_marker() == []  # not before the commit
-        # at the commit: one notification for the transaction's two jobs
-        assert await received_up_to_a_marker() == [JOBS_CHANNEL]
-        async with db.transaction() as conn:  # an audit event wakes no job drain
-            await create_job(UnitOfWork(conn, Actor.system()), JobKind.audit, {}, 5)
-        assert await received_up_to_a_marker() == []
-    finally:
-        await listener.close()
+async def test_the_relay_reads_every_queued_job_a_page_at_a_time(db: Database) -> None:
+    ids = set(await insert(db, n=7))
+    await insert(db, kind=JobKind.audit)
+    async with db.pool.acquire() as conn:
+        done = next(iter(ids))
+        await conn.execute("UPDATE jobs SET status = 'complete' WHERE id = $1", done)
+        seen: list[uuid.UUID] = []
+        after = None
+        while page := await jobs.queued_after(conn, after, 2):
+            seen += [j.id for j in page]
+            after = (page[-1].due, page[-1].id)
+    assert len(seen) == len(set(seen)) == 6 and set(seen) == ids - {done}
 
 
 async def generic_plan(conn: Any, sql: str, arguments: str) -> str:
@@ -180,9 +166,9 @@ async def generic_plan(conn: Any, sql: str, arguments: str) -> str:
     return "\n".join(r[0] for r in explained)
 
 
-async def test_the_claim_uses_its_partial_index(db: Database) -> None:
-    """Under a realistic mix (many finished jobs, a backlog of audit events), the claim reads
-    ix_jobs_due, also as the generic plan that a prepared statement ends up with."""
+async def test_the_relays_read_uses_its_partial_index(db: Database) -> None:
+    """Under a realistic mix (many finished jobs, a backlog of audit events), the relay's read
+    uses ix_jobs_due, also as the generic plan that a prepared statement ends up with."""
     async with db.acquire() as conn:
         await conn.execute(
             """
@@ -193,14 +179,16 @@ async def test_the_claim_uses_its_partial_index(db: Database) -> None:
             """
         )
         await conn.execute("ANALYZE jobs")
-        plan = await generic_plan(conn, jobs.CLAIM_DUE, "'w:1', 50")
+        plan = await generic_plan(
+            conn, jobs.QUEUED_AFTER, "'-infinity', '00000000-0000-0000-0000-000000000000', 50"
+        )
         indexes = {
             r["indexname"]
             for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")
         }
     assert "Index Scan using ix_jobs_due on jobs" in plan, plan
     assert "Seq Scan" not in plan, plan
-    # each one read by a query: the API's lists and queue stats, the audit drain, the claim
+    # each one read by a query: the API's lists and queue stats, the audit drain, the relay
     assert indexes == {
         "pk_jobs",
         "ix_jobs_created_at_id",

@@ -7,22 +7,31 @@ import base64
 import hashlib
 import hmac
 import json
+import pickle
 import signal
 import subprocess
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from shared.alerts.webhooks import secret_bytes
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
-from shared.queue import Queue
+from shared.jobs.schemas import QueuedJob
+from shared.queue import JOB_TIMEOUT_SECONDS, Queue, arq_job_id
 from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import WEBHOOK_SECRET, WorkerFactory, make_low_stock_job, wait_complete
+from tests.worker_support import (
+    WEBHOOK_SECRET,
+    WorkerFactory,
+    create_low_stock_jobs,
+    make_low_stock_job,
+    wait_complete,
+)
 
 
 async def job(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -189,6 +198,7 @@ async def test_sigkilled_worker_job_runs_again_within_60s(
     receiver: Receiver,
     start_worker: WorkerFactory,
     db: Database,
+    env: Env,
 ) -> None:
     release = receiver.hold_next()
     job_id = await make_low_stock_job(alerting_client, admin, "KILL-1")
@@ -199,9 +209,17 @@ async def test_sigkilled_worker_job_runs_again_within_60s(
     release.set()
     start_worker()
     done = await wait_status(alerting_client, admin, job_id, "complete", timeout=60)
-    # the killed attempt counts; the job completed once
+    # the killed attempt counts; the job completed once, under the next generation's ARQ id
     assert done["attempts"] == 2
     assert await count(db, "SELECT count(*) FROM webhook_deliveries WHERE status_code = 200") == 1
+    assert await count(db, "SELECT generation FROM jobs WHERE id = $1", job_id) == 1
+    # the killed copy's in-progress key, which ARQ would keep for the job's timeout, is gone
+    client = Redis.from_url(env.redis_url)
+    try:
+        stale = f"{env.queue_name}:{job_id}:0"
+        assert not await client.exists(f"arq:in-progress:{stale}", f"arq:job:{stale}")
+    finally:
+        await client.aclose()
 
 
 async def test_sigterm_hands_running_job_back_without_burning_an_attempt(
@@ -265,7 +283,7 @@ async def test_reaper_finishes_a_cancelled_job_of_a_dead_worker(db: Database) ->
     assert rows[cancelled] == ("cancelled", 1)
     assert rows[lost] == ("queued", 1)
     assert rows[spent][0] == "failed"
-    assert requeued == [(lost, 1)]
+    assert [(j.id, j.generation, j.kind) for j in requeued] == [(lost, 1, "webhook")]
 
 
 async def wait_heartbeats(env: Env, *procs: subprocess.Popen[bytes]) -> None:
@@ -303,15 +321,61 @@ async def test_two_workers_drain_a_burst_each_job_once(
     assert len({r.headers["webhook-id"] for r in receiver.received}) == n
 
 
-async def test_a_job_whose_wake_up_was_lost_still_runs(
+async def test_a_job_never_handed_to_arq_is_relayed_and_runs_once(
     db: Database, receiver: Receiver, start_worker: WorkerFactory, env: Env
 ) -> None:
+    """A record committed with no hand-over after it (the API process died after the commit,
+    say): the relay finds its ARQ copy missing and hands it over."""
     await wait_heartbeats(env, start_worker())
-    async with db.pool.acquire() as conn:  # a bare INSERT: no NOTIFY, as if it were lost
+    async with db.pool.acquire() as conn:  # a bare INSERT: nothing hands it to ARQ
         job_id = await conn.fetchval(
             "INSERT INTO jobs (kind, payload, max_attempts) VALUES ('webhook', $1, 5) RETURNING id",
             {"type": "stock.low", "data": {"sku": "LOST-1"}},
         )
 
-    await wait_complete(db, job_id, 10, "the job found by the worker's poll")
+    await wait_complete(db, job_id, 10, "the job handed over by the relay")
     assert receiver.count == 1
+    assert await count(db, "SELECT attempts FROM jobs WHERE id = $1", job_id) == 1
+
+
+async def test_a_jobs_arq_copy_is_named_by_its_id_and_generation(
+    env: Env, db: Database, alerting_client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """Watching Redis, the job is there under its own name, in ARQ's queue, calling the ARQ
+    function of its kind."""
+    job_id = await make_low_stock_job(alerting_client, admin, "NAMED-1")
+    arq_id = f"{env.queue_name}:{job_id}:0"
+    client = Redis.from_url(env.redis_url)
+    try:
+
+        async def handed_over() -> bool:
+            return bool(await client.exists(f"arq:job:{arq_id}"))
+
+        await eventually(handed_over, what="the job's ARQ copy")
+        assert await client.zscore(env.queue_name, arq_id) is not None
+        copy = pickle.loads(await client.get(f"arq:job:{arq_id}"))  # noqa: S301 (ours)
+        assert (copy["f"], copy["a"]) == ("webhook", (job_id, 0))
+    finally:
+        await client.aclose()
+
+
+async def test_a_copy_started_by_a_worker_that_died_before_claiming_is_handed_over_again(
+    env: Env, db: Database, receiver: Receiver, start_worker: WorkerFactory
+) -> None:
+    """ARQ started the copy (its in-progress key, which ARQ keeps for the job's timeout), and
+    the worker died before its claim: the record is still queued. The relay sees the copy
+    started long ago and hands the job over again."""
+    (job_id,) = await create_low_stock_jobs(db, "DIED-1")
+    queue = Queue.from_url(env.redis_url, env.queue_name)
+    try:
+        (copy,) = [QueuedJob(job_id, 0, "webhook")]
+        assert await queue.hand_over([copy]) == 1
+        arq_id = arq_job_id(env.queue_name, copy)
+        started_20s_ago = (JOB_TIMEOUT_SECONDS + 10 - 20) * 1000
+        await queue.redis.psetex(f"arq:in-progress:{arq_id}", started_20s_ago, b"1")
+        start_worker()
+        await wait_complete(db, job_id, 20, "the job handed over again by the relay")
+    finally:
+        await queue.close()
+    assert receiver.count == 1
+    assert await count(db, "SELECT attempts FROM jobs WHERE id = $1", job_id) == 1

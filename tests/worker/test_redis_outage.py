@@ -1,75 +1,23 @@
-"""Redis down at the moment requests commit: every mutation is accepted, readiness says so,
-and once Redis is back every audit entry lands exactly once; durable jobs do not wait for
-Redis at all. Uses a private redis-server."""
+"""Redis down at the moment requests commit, or flushed with jobs queued: every mutation is
+accepted, readiness says so, and once Redis answers the relay hands over what Redis does not
+hold: every audit entry lands exactly once, every job runs once. Uses a private
+redis-server."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis
 
 from api.app import create_app
 from shared.db.database import Database
-from shared.embedded import free_port
+from shared.jobs.schemas import QueuedJob
+from shared.queue import Queue
 from tests.conftest import Env, count
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import WorkerFactory, create_low_stock_jobs, wait_complete
-
-
-class PrivateRedis:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed for the outage test (Debian package redis-server)")
-    server = PrivateRedis(free_port())
-    server.start()
-    yield server
-    server.stop()
+from tests.worker_support import PrivateRedis, WorkerFactory, create_low_stock_jobs, wait_complete
 
 
 async def test_mutations_during_a_redis_outage_are_audited_exactly_once(
@@ -123,7 +71,7 @@ async def test_mutations_during_a_redis_outage_are_audited_exactly_once(
     )
 
 
-async def test_durable_jobs_run_while_redis_is_down(
+async def test_a_job_committed_while_redis_is_down_runs_within_5s_of_redis_answering(
     env: Env,
     db: Database,
     private_redis: PrivateRedis,
@@ -131,8 +79,6 @@ async def test_durable_jobs_run_while_redis_is_down(
     start_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
-    """Durable jobs never travel through Redis: a worker keeps claiming and finishing them
-    while its ARQ side waits for Redis to come back."""
     log = tmp_path / "worker.log"
     worker = start_worker(
         log_to=log,
@@ -146,10 +92,11 @@ async def test_durable_jobs_run_while_redis_is_down(
 
     await eventually(heartbeat, what="the worker's heartbeat")
     private_redis.stop()
-    (job_id,) = await create_low_stock_jobs(db, "OUT-2")
+    (job_id,) = await create_low_stock_jobs(db, "OUT-2")  # its hand-over cannot happen
 
+    private_redis.start()
     try:
-        await wait_complete(db, job_id, 20, "the job to complete with Redis down")
+        await wait_complete(db, job_id, 5, "the job within 5 s of Redis answering")
     except AssertionError as exc:  # say what the job and the worker were doing
         async with db.pool.acquire() as conn:
             job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
@@ -157,4 +104,34 @@ async def test_durable_jobs_run_while_redis_is_down(
         detail = f"job: {dict(job) if job else None}\nworker log:\n{tail}"
         raise AssertionError(f"{exc}\n{detail}") from exc
     assert receiver.count == 1
+    assert await count(db, "SELECT attempts FROM jobs WHERE id = $1", job_id) == 1
     assert worker.poll() is None, "the worker survives a Redis outage"
+
+
+async def test_a_flushall_with_500_jobs_queued_loses_none_and_runs_each_once(
+    env: Env,
+    db: Database,
+    private_redis: PrivateRedis,
+    receiver: Receiver,
+    start_worker: WorkerFactory,
+) -> None:
+    n = 500
+    queue_name = env.queue_name + "-flush"
+    ids = await create_low_stock_jobs(db, *(f"FLUSH-{i}" for i in range(n)))
+    queue = Queue.from_url(private_redis.url, queue_name)
+    try:
+        assert await queue.hand_over([QueuedJob(job_id, 0, "webhook") for job_id in ids]) == n
+        assert await queue.depth() == (n, 0)
+        await queue.redis.flushall()  # a private server: nothing else lives there
+        assert await queue.depth() == (0, 0)
+    finally:
+        await queue.close()
+    start_worker(STOCKROOM_REDIS_URL=private_redis.url, STOCKROOM_QUEUE_NAME=queue_name)
+
+    async def all_complete() -> bool:
+        sql = "SELECT count(*) FROM jobs WHERE status = 'complete' AND attempts = 1"
+        return await count(db, sql) == n
+
+    await eventually(all_complete, timeout=60, what=f"{n} jobs complete after the FLUSHALL")
+    assert receiver.count == n
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == n

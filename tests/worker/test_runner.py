@@ -1,6 +1,7 @@
-"""The job drain (``worker.jobs.JobDrain``) in this process, against the real database, when
-its handlers hold every pooled connection: leases keep being renewed, and a stop does not
-wait for a connection."""
+"""The job runner (``worker.jobs.JobRunner``) in this process, against the real database and
+Redis, given the copies ARQ would deliver: when its handlers hold every pooled connection,
+leases keep being renewed and a stop hands the job back (to the record and to ARQ) without
+waiting for a connection; cut off from the database, a copy stops before its lease lapses."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from shared.db.database import Database
 from shared.jobs.kinds import JobKind
@@ -21,7 +23,7 @@ from tests.conftest import Env
 from tests.waiting import eventually
 from tests.worker_support import create_low_stock_jobs
 from worker.context import WorkerContext
-from worker.jobs import Handler, JobDrain, JobRun
+from worker.jobs import Handler, JobRun, JobRunner
 
 
 async def leases(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
@@ -30,10 +32,15 @@ async def leases(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime
     return {r["id"]: r["lease_until"] for r in rows}
 
 
+def deliver(runner: JobRunner, *job_ids: uuid.UUID) -> list[asyncio.Task[None]]:
+    """What ARQ does with each job's first copy: call the runner, each in its own task."""
+    return [asyncio.create_task(runner.run(job_id, 0)) for job_id in job_ids]
+
+
 @asynccontextmanager
-async def running_drain(
+async def running_runner(
     env: Env, handler: Handler, release: asyncio.Event, *, pool_size: int, grace_seconds: int = 20
-) -> AsyncIterator[tuple[JobDrain, Database]]:
+) -> AsyncIterator[tuple[JobRunner, Database]]:
     settings = env.settings(worker_concurrency=4, worker_shutdown_grace_seconds=grace_seconds)
     own_db = await Database.connect(env.database_url, pool_size=pool_size)
     state = WorkerContext(
@@ -42,13 +49,13 @@ async def running_drain(
         queue=Queue.from_url(env.redis_url, env.queue_name),
         http=httpx.AsyncClient(),
     )
-    drain = JobDrain(state, {JobKind.webhook.value: handler}, database_url=env.database_url)
-    drain.start()
+    runner = JobRunner(state, {JobKind.webhook.value: handler}, database_url=env.database_url)
+    runner.start()
     try:
-        yield drain, own_db
+        yield runner, own_db
     finally:
         release.set()
-        await asyncio.wait_for(drain.stop(), 10)
+        await asyncio.wait_for(runner.stop(), 10)
         await state.http.aclose()
         await state.queue.close()
         await own_db.close()
@@ -76,12 +83,12 @@ async def test_leases_are_renewed_while_handlers_hold_every_pooled_connection(
     env: Env, db: Database
 ) -> None:
     holding, release = asyncio.Event(), asyncio.Event()
-    async with running_drain(env, holding_handler(holding, release), release, pool_size=1) as (
-        drain,
+    async with running_runner(env, holding_handler(holding, release), release, pool_size=1) as (
+        runner,
         _,
     ):
         ids = await create_low_stock_jobs(db, "HOLD", "QUICK")
-        drain.wake()
+        runs = deliver(runner, *ids)
         await asyncio.wait_for(holding.wait(), 10)
 
         async def claimed() -> bool:
@@ -107,30 +114,36 @@ async def test_leases_are_renewed_while_handlers_hold_every_pooled_connection(
             return int(done) == 2
 
         await eventually(complete, what="both jobs complete")
+        await asyncio.wait_for(asyncio.gather(*runs), 10)
 
 
-async def test_a_stop_does_not_wait_for_a_pooled_connection(env: Env, db: Database) -> None:
+async def test_a_stop_hands_the_job_back_without_waiting_for_a_pooled_connection(
+    env: Env, db: Database
+) -> None:
     holding, release = asyncio.Event(), asyncio.Event()
-    async with running_drain(
+    async with running_runner(
         env, holding_handler(holding, release), release, pool_size=1, grace_seconds=1
-    ) as (drain, own_db):
+    ) as (runner, _):
         (job_id,) = await create_low_stock_jobs(db, "HOLD")
-        drain.wake()
+        (run,) = deliver(runner, job_id)
         await asyncio.wait_for(holding.wait(), 10)
-
-        async def claim_loop_waits_for_a_connection() -> bool:
-            drain.wake()
-            return bool(own_db.slots._waiters)  # the claim loop queued for the one slot
-
-        await eventually(claim_loop_waits_for_a_connection, what="the claim loop to queue")
         # the grace period (1 s) ends, the handler is stopped and the job handed back, all
         # while HOLD's release never comes
         started = time.monotonic()
-        await asyncio.wait_for(drain.stop(), 10)
+        await asyncio.wait_for(runner.stop(), 10)
         assert time.monotonic() - started < 4
+        await asyncio.wait_for(run, 1)  # ARQ's copy is done with
     async with db.acquire() as conn:
-        row = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1", job_id)
-    assert dict(row) == {"status": "queued", "attempts": 0}
+        row = await conn.fetchrow(
+            "SELECT status, attempts, generation FROM jobs WHERE id = $1", job_id
+        )
+    assert dict(row) == {"status": "queued", "attempts": 0, "generation": 1}
+    # and handed to ARQ under the next generation's id
+    redis = Redis.from_url(env.redis_url)
+    try:
+        assert await redis.exists(f"arq:job:{env.queue_name}:{job_id}:1")
+    finally:
+        await redis.aclose()
 
 
 async def test_a_copy_that_cannot_renew_its_lease_stops_before_the_lease_lapses(
@@ -163,12 +176,13 @@ async def test_a_copy_that_cannot_renew_its_lease_stops_before_the_lease_lapses(
         queue=Queue.from_url(env.redis_url, env.queue_name),
         http=httpx.AsyncClient(),
     )
-    # the lease connection (and the listener) point where no database answers
+    # the lease connection points where no database answers (the pool works)
     unreachable = "postgresql://postgres@127.0.0.1:1/none"
-    drain = JobDrain(state, {JobKind.webhook.value: handler}, database_url=unreachable)
-    drain.start()
+    runner = JobRunner(state, {JobKind.webhook.value: handler}, database_url=unreachable)
+    runner.start()
     try:
         (job_id,) = await create_low_stock_jobs(db, "CUT-OFF")
+        deliver(runner, job_id)
         await asyncio.wait_for(started.wait(), 10)
         await asyncio.wait_for(stopped.wait(), LEASE_SECONDS + 5)
         assert FENCE_AFTER_SECONDS - 1 <= stopped_after[0] < LEASE_SECONDS, stopped_after
@@ -179,7 +193,7 @@ async def test_a_copy_that_cannot_renew_its_lease_stops_before_the_lease_lapses(
         # stopped while its lease still held: no other worker could have had it yet
         assert (row["status"], row["leased"]) == ("in_progress", True), dict(row)
     finally:
-        await asyncio.wait_for(drain.stop(), 10)
+        await asyncio.wait_for(runner.stop(), 10)
         await state.http.aclose()
         await state.queue.close()
         await own_db.close()
