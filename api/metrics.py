@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import StateDep
+from api.state import StateDep
 from shared import metrics
 from shared.jobs import service as jobs
 from shared.logs import ACCESS_LOG, request_id_var

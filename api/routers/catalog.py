@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
+from api.auth import ConnDep, requires
+from api.mutations import Mutation, MutationRoute, mutates
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.catalog import service

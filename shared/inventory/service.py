@@ -46,7 +46,6 @@ from shared.inventory.schemas import (
     MovementFilter,
     RestockBatch,
     RestockLine,
-    RestockResult,
     StockLevel,
     Transfer,
     TransferResult,
@@ -128,7 +127,7 @@ _LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 def lock_order(sku: str, location_code: str) -> tuple[str, str]:
     """The order in which every transaction that locks several stock levels locks them: by
     SKU, then location code. A request's own terms, so that restocks grouped into one commit
-    (``RESTOCK_AT_ONCE``, ``Database.fetchrow``) are put in order before their references are
+    (``RESTOCK``, ``shared.db.group_commit``) are put in order before their references are
     resolved; batches and transfers lock in the same order, so no two transactions ever wait
     on each other's levels in a cycle (a deadlock, which PostgreSQL breaks only after
     ``deadlock_timeout``, a second, by failing one of them)."""
@@ -177,13 +176,6 @@ target AS (
 ), event AS ({_RESTOCK_EVENT})"""
 _RESTOCK_PARAMS = 7
 
-# Inside a unit of work: the caller as parameters.
-_RESTOCK = f"""
-WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}
-SELECT movement.id, movement.created_at, level.quantity, level.updated_at, event.id AS job_id
-FROM level, movement, event
-"""
-
 # The answer as ``RestockResult`` serialises it, for the statement that does it all at once.
 _RESTOCK_ANSWER = (
     "answer AS (SELECT {body} AS body, event.id AS job_id FROM level, movement, event)"
@@ -221,6 +213,12 @@ _RESTOCK_ANSWER = _RESTOCK_ANSWER.format(
     )
 )
 
+# Inside a unit of work: the caller as parameters.
+_RESTOCK = f"""
+WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}, {_RESTOCK_ANSWER}
+SELECT answer.body, answer.job_id FROM answer
+"""
+
 
 def _restock_params(
     line: RestockLine, request_id: str | None, job_max_tries: int
@@ -236,8 +234,9 @@ def _restock_params(
     )
 
 
-RESTOCK_AT_ONCE = idempotency.at_once(
+RESTOCK = idempotency.one_statement_mutation(
     Scope.inventory_write,
+    RestockLine,
     _RESTOCK_WORK,
     _RESTOCK_PARAMS,
     _RESTOCK_ANSWER,
@@ -246,10 +245,13 @@ RESTOCK_AT_ONCE = idempotency.at_once(
     lambda line: lock_order(line.sku, line.location_code),
     JobKind.audit.value,
 )
-"""``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``)."""
+"""``POST /inventory/restock`` in one statement (``shared.idempotency.one_statement_mutation``).
+"""
 
 
-async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
+async def restock(uow: UnitOfWork, line: RestockLine) -> bytes:
+    """Receive stock, inside a unit of work: the answer as JSON (``RestockResult``'s), rendered
+    by the statement as ``RESTOCK``'s is (one rendering)."""
     row = await uow.conn.fetchrow(
         _RESTOCK,
         *_restock_params(line, uow.actor.request_id, uow.job_max_tries),
@@ -259,26 +261,9 @@ async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
     if row is None:
         await _resolve(uow.conn, [(line.sku, line.location_code)], [_LINE_FIELDS])
         raise AssertionError("restock wrote nothing for a resolvable reference")  # unreachable
-    job_id = row["job_id"]
-    uow.new_jobs.append(NewJob(id=job_id, kind=JobKind.audit.value))
-    return RestockResult(
-        movement=Movement(
-            id=row["id"],
-            sku=line.sku,
-            location_code=line.location_code,
-            delta=line.quantity,
-            reason="restock",
-            reference=line.reference,
-            created_at=row["created_at"],
-        ),
-        stock=StockLevel(
-            sku=line.sku,
-            location_code=line.location_code,
-            quantity=row["quantity"],
-            updated_at=row["updated_at"],
-        ),
-        audit_job=JobLink.for_job(job_id),
-    )
+    uow.new_jobs.append(NewJob(id=row["job_id"], kind=JobKind.audit.value))
+    body: str = row["body"]
+    return body.encode()
 
 
 # Increments for many (product, location) pairs, locked in the order given (``lock_order``).
