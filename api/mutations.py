@@ -210,7 +210,7 @@ async def _run_mutation(request: Request, spec: MutationDependency, endpoint: En
     key_token = presented_key(request)  # 401 before the body is read
     raw = await _read_body(request)
     key = request.headers.get("idempotency-key") if request.method == "POST" else None
-    digest = idempotency.fingerprint(request.method, request.url.path, raw) if key else b""
+    digest = idempotency.fingerprint(request.method, request.scope["path"], raw) if key else b""
     if spec.one_statement is not None:
         response = await _try_one_statement(
             request, state, spec.one_statement, key_token, key, digest, raw

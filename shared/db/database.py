@@ -78,6 +78,23 @@ def is_connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_FAILURES)
 
 
+class _FailureOnOneLine(logging.Filter):
+    """asyncpg's pool logs each failed try to reconnect its floor of connections with a
+    traceback; a database away is not a bug here: one line, the error's name and text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_FailureOnOneLine())
+
+
 def unavailable(exc: BaseException) -> DatabaseUnavailable:
     """The one error a caller sees for ``exc``, a connection failure, logged as one line (the
     failure is the database's, not a bug here: no traceback)."""
