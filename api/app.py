@@ -19,6 +19,7 @@ from shared.db.database import Database
 from shared.logs import ACCESS_LOG
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
+from shared.urls import API_PREFIX
 
 # The API's connections: no statement of a request runs longer than this, and a transaction
 # left open (a bug, a stuck task) does not hold its locks for ever. Named in pg_stat_activity.
@@ -27,7 +28,6 @@ API_SESSION = {
     "statement_timeout": "30s",
     "idle_in_transaction_session_timeout": "60s",
 }
-API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -13,6 +13,7 @@ from shared.auth.service import Principal
 from shared.catalog import service
 from shared.catalog.schemas import Product, ProductCreate, ProductPatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from shared.urls import product_path
 
 router = APIRouter(route_class=MutationRoute, prefix="/catalog", tags=["catalog"])
 
@@ -36,7 +37,7 @@ async def create_product(body: ProductCreate, m: CatalogWrite) -> Response:
     return await m.respond(
         201,
         product,
-        {"Location": f"/api/v1/catalog/products/{product.sku}", "ETag": product.etag},
+        {"Location": product_path(product.sku), "ETag": product.etag},
     )
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from shared import idempotency
 from shared.alerts.low_stock import check_crossing
-from shared.audit.events import AUDIT_JOB_INSERT, record_event
+from shared.audit.events import AUDIT_JOB_INSERT, event_payload_sql, record_event
 from shared.auth.keys import Scope
 from shared.db import json_text
 from shared.db.connection import Connection
@@ -32,7 +32,6 @@ from shared.errors import (
     UnprocessableReference,
 )
 from shared.inventory.schemas import (
-    JOB_PATH,
     Adjustment,
     AdjustmentResult,
     BatchResult,
@@ -52,6 +51,7 @@ from shared.inventory.schemas import (
 )
 from shared.jobs.kinds import JobKind
 from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.urls import job_path
 
 # --- locations -------------------------------------------------------------------------------
 
@@ -137,19 +137,22 @@ def lock_order(sku: str, location_code: str) -> tuple[str, str]:
 # --- restock -----------------------------------------------------------------------------------
 
 # The work of a restock, as CTEs reading the caller from ``actor``: resolve, upsert the level,
-# append the ledger row, write the audit event (``shared.audit.events.event_payload``'s shape,
+# append the ledger row, write the audit event (``shared.audit.events.event_payload_sql``,
 # built here, where the movement's id and the caller are known). No row when the SKU or
 # location is unknown (or the product archived): nothing is written, and the general way then
 # says which. $1 sku, $2 location code, $3 quantity, $4 reference, $5 note, $6 request id,
 # $7 the job's max attempts.
 _RESTOCK_EVENT = AUDIT_JOB_INSERT.format(
-    payload="""jsonb_build_object(
-        'action', 'inventory.restocked', 'subject', 'product:' || $1::text,
-        'skus', jsonb_build_array($1::text),
-        'payload', jsonb_build_object(
+    payload=event_payload_sql(
+        "inventory.restocked",
+        subject="'product:' || $1::text",
+        skus="jsonb_build_array($1::text)",
+        payload="""jsonb_build_object(
             'sku', $1::text, 'quantity', $3::bigint, 'location_code', $2::text,
-            'reference', $4::text, 'note', $5::text, 'movement_id', movement.id),
-        'actor', jsonb_build_object('key_id', actor.key_id::text, 'name', actor.key_name))""",
+            'reference', $4::text, 'note', $5::text, 'movement_id', movement.id)""",
+        key_id="actor.key_id",
+        key_name="actor.key_name",
+    ),
     max_attempts="$7",
     request_id="$6",
     actor_key_id="actor.key_id",
@@ -207,7 +210,7 @@ _RESTOCK_ANSWER = _RESTOCK_ANSWER.format(
             "audit_job",
             json_text.obj(
                 ("id", json_text.uuid("event.id")),
-                ("status_url", json_text.string(f"'{JOB_PATH}' || event.id")),
+                ("status_url", json_text.string(f"'{job_path('')}' || event.id")),
             ),
         ),
     )
