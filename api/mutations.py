@@ -3,6 +3,7 @@ Idempotency-Key handling; one whose happy path is a single statement tries that 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Callable, Coroutine
@@ -22,7 +23,7 @@ from shared import idempotency, metrics
 from shared.auth.keys import KeyToken
 from shared.auth.service import Principal
 from shared.db.unit_of_work import Actor, NewJob, UnitOfWork
-from shared.errors import DomainError
+from shared.errors import DomainError, RequestTimeout
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -194,21 +195,26 @@ class MutationRoute(APIRoute):
         return handle
 
 
-async def _read_body(request: Request) -> bytes:
-    """The whole body, before a connection is taken: a client trickling its upload must not
-    hold a pooled connection in an open transaction (Starlette keeps it for the endpoint)."""
+async def _read_body(request: Request, within_seconds: float) -> bytes:
+    """The whole body, within ``within_seconds`` (408), before a connection is taken: a
+    client trickling its upload must not hold a pooled connection in an open transaction
+    (Starlette keeps it for the endpoint), nor the process's memory for ever."""
     try:
-        return await request.body()
+        async with asyncio.timeout(within_seconds):
+            return await request.body()
     except HTTPException:
         raise
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {within_seconds:g} s") from None
     except Exception as exc:  # the client went away mid-body, as FastAPI answers it
         raise HTTPException(400, "There was an error parsing the body") from exc
 
 
 async def _run_mutation(request: Request, spec: MutationDependency, endpoint: Endpoint) -> Response:
     state = app_state(request)
-    key_token = presented_key(request)  # 401 before the body is read
-    raw = await _read_body(request)
+    key_token = presented_key(request)  # 401 before the body is read: a well-formed key,
+    await state.live_keys.check(state.db, key_token)  # and a live one
+    raw = await _read_body(request, state.settings.api_body_read_timeout)
     key = request.headers.get("idempotency-key") if request.method == "POST" else None
     digest = idempotency.fingerprint(request.method, request.scope["path"], raw) if key else b""
     if spec.one_statement is not None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from shared.auth.service import LiveKeys
 from shared.db.database import Database
 from shared.db.group_commit import GroupCommitter
 from shared.queue import Queue
@@ -21,6 +22,7 @@ class AppState:
     db: Database
     queue: Queue
     committers: dict[str, GroupCommitter[Any]] = field(default_factory=dict)
+    live_keys: LiveKeys = field(default_factory=LiveKeys)
 
     def group_committer(self, query: str) -> GroupCommitter[Any]:
         """The one ``GroupCommitter`` of ``query`` in this process, built on first use."""

@@ -117,3 +117,11 @@ class DatabaseUnavailable(DomainError, ConnectionError):
     type_slug = "database-unavailable"
     title = "Database unavailable"
     retry_after_seconds: ClassVar[int] = 1
+
+
+class RequestTimeout(DomainError):
+    """The request's body did not arrive in time (a client trickling its upload)."""
+
+    status = 408
+    type_slug = "request-timeout"
+    title = "Request timeout"

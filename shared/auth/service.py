@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,9 @@ from shared.auth.keys import (
     scopes_granting,
 )
 from shared.db.connection import Connection
+from shared.db.database import Database
 from shared.db.unit_of_work import UnitOfWork
+from shared.errors import Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +145,29 @@ async def revoke_key_audited(uow: UnitOfWork, key_id: uuid.UUID) -> bool:
     if revoked:
         await record_event(uow, "key.revoked", f"key:{key_id}", [], {"id": str(key_id)})
     return revoked
+
+
+class LiveKeys:
+    """The gate before a mutation's body is read: the key must exist (401 otherwise), so
+    that only a caller holding a live key can make the process hold an upload. Keys found
+    live are remembered for ``ttl`` seconds, by prefix and secret hash, so that the hot path
+    pays no round trip for it; the statement that does the work authenticates again, so a
+    key revoked meanwhile still writes nothing."""
+
+    def __init__(self, ttl: float = 5.0, most: int = 10_000) -> None:
+        self.ttl = ttl
+        self.most = most
+        self._live_until: dict[tuple[str, bytes], float] = {}
+
+    async def check(self, db: Database, key: KeyToken) -> None:
+        seen = (key.prefix, hash_secret(key.secret))
+        now = time.monotonic()
+        if self._live_until.get(seen, 0.0) > now:
+            return
+        async with db.acquire() as conn:
+            principal = await authenticate(conn, key)
+        if principal is None:
+            raise Unauthenticated("the API key is unknown or revoked")
+        if len(self._live_until) >= self.most:  # bounded: start over
+            self._live_until.clear()
+        self._live_until[seen] = now + self.ttl

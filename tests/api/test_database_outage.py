@@ -16,13 +16,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
 from api.app import create_app
 from shared.auth import service as keys_service
 from shared.db.migrate import upgrade_async
 from shared.embedded import EmbeddedPostgres, free_port
+from tests.api.serving import served_by_uvicorn
 from tests.conftest import Env
 from tests.inventory.helpers import RESTOCK
 from tests.waiting import eventually, holds
@@ -56,16 +56,8 @@ async def served(tmp_path: Path, env: Env) -> AsyncIterator[Served]:
         finally:
             await conn.close()
         app = create_app(env.settings(database_url=pg.url, queue_name=queue_name))
-        port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        await eventually(lambda: holds(server.started), what="uvicorn to start")
-        try:
-            yield Served(pg, f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key.key}"})
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(serving, timeout=30)
+        async with served_by_uvicorn(app) as (host, port):
+            yield Served(pg, f"http://{host}:{port}", {"Authorization": f"Bearer {key.key}"})
     finally:
         await asyncio.to_thread(pg.stop)
         redis = Redis.from_url(env.redis_url)
