@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -54,24 +55,27 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class BodySizeLimitMiddleware:
-    """413 for a body over ``max_bytes``, by ``Content-Length`` or as it streams in."""
+    """413 for a body over ``max_bytes``, by ``Content-Length`` or as it streams in;
+    ``larger``: another limit for the paths it names (an upload route, say)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] = {}) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(scope, receive, send)
+                if declared > max_bytes:
+                    await self._reject(max_bytes, scope, receive, send)
                     return
         received = 0
         response_started = False
@@ -81,8 +85,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -96,12 +100,13 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if response_started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(max_bytes, scope, receive, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    @staticmethod
+    async def _reject(max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
             413,
-            f"request body exceeds {self.max_bytes} bytes",
+            f"request body exceeds {max_bytes} bytes",
             slug="payload-too-large",
             title="Payload too large",
             headers={"Connection": "close"},
