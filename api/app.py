@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Warehouse inventory: catalog, stock ledger, jobs, audit and reports.",
         lifespan=lifespan,
+        # no OpenTelemetry here (Prometheus metrics, JSON logs): not even its per-request check
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url="/api/docs" if docs else None,
         redoc_url="/api/redoc" if docs else None,
         openapi_url="/api/openapi.json" if docs else None,

@@ -70,13 +70,14 @@ class BodySizeLimitMiddleware:
         max_bytes = self.larger.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > max_bytes:
+                if not value.isdigit():
+                    break  # the server refuses it; counted as it streams, if ever
+                if int(value) > max_bytes:
                     await self._reject(max_bytes, scope, receive, send)
                     return
+                # the server delivers no more than the declared length: nothing to count
+                await self.app(scope, receive, send)
+                return
         received = 0
         response_started = False
 
