@@ -42,10 +42,9 @@ def compile_query(stmt: ClauseElement) -> tuple[str, Sequence[Any]]:
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool release without asyncpg's reset query (``pg_advisory_unlock_all(); CLOSE ALL;
-    UNLISTEN *; RESET ALL``), a round trip per checkout that measured 25-40 % of the
-    database CPU of a trivial job. Safe because nothing here changes session state: locks are
-    transaction-scoped, no SET, LISTEN or session cursors. asyncpg still ends any open
-    transaction before calling this."""
+    UNLISTEN *; RESET ALL``), a round trip per checkout (its cost: docs/decisions/001). Safe
+    because nothing here changes session state: locks are transaction-scoped, no SET, LISTEN
+    or session cursors. asyncpg still ends any open transaction before calling this."""
 
 
 def usable(conn: Connection) -> bool:
