@@ -57,7 +57,7 @@ def usable(conn: Connection) -> bool:
 
 
 CONNECTION_FAILURES: tuple[type[Exception], ...] = (
-    OSError,
+    ConnectionError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
@@ -65,7 +65,8 @@ CONNECTION_FAILURES: tuple[type[Exception], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,
 )
-"""The exception types of ``is_connection_failure`` (for handlers registered by type)."""
+"""The exception types of ``is_connection_failure`` (for handlers registered by type); an
+``OSError`` of another kind counts only where a connection is being opened (``acquire``)."""
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -123,7 +124,7 @@ class _Checkout:
             async with asyncio.timeout(self._timeout):  # one deadline for both waits
                 return await self._enter()
         except Exception as exc:
-            if is_connection_failure(exc):
+            if isinstance(exc, OSError) or is_connection_failure(exc):  # OSError: connecting
                 raise unavailable(exc) from exc
             raise
 
