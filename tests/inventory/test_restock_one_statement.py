@@ -196,7 +196,7 @@ async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
 async def test_a_request_the_statement_does_not_write_runs_it_once(
     client: httpx.AsyncClient, admin: dict[str, str], statements: list[str], db: Database
 ) -> None:
-    await make_product(client, admin, "LANE-2")
+    await make_product(client, admin, "ONE-2")
     before = await snapshot(db)
     await cleared(statements)
     # an unknown SKU: the statement writes nothing, the general way answers 422
@@ -215,11 +215,11 @@ async def test_a_body_of_unknown_length_is_one_statement_too(
     client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
 ) -> None:
     """No Content-Length (chunked): read under the body limit, then the single statement."""
-    await make_product(client, admin, "LANE-3")
+    await make_product(client, admin, "ONE-3")
     await cleared(statements)
 
     async def chunks() -> AsyncIterator[bytes]:
-        yield b'{"sku": "LANE-3", '
+        yield b'{"sku": "ONE-3", '
         yield b'"quantity": 4}'
 
     r = await client.post(
@@ -237,9 +237,9 @@ async def test_a_client_gone_mid_body_writes_nothing(
     app: Any, client: httpx.AsyncClient, admin: dict[str, str], db: Database
 ) -> None:
     """What arrived before the disconnect parses as a whole restock: it must not count."""
-    await make_product(client, admin, "LANE-4")
+    await make_product(client, admin, "ONE-4")
     before = await snapshot(db)
-    part = b'{"sku": "LANE-4", "quantity": 1}'
+    part = b'{"sku": "ONE-4", "quantity": 1}'
     incoming: list[dict[str, Any]] = [
         {"type": "http.request", "body": part, "more_body": True},
         {"type": "http.disconnect"},
