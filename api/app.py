@@ -10,16 +10,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import console, problems
-from api.deps import AppState
-from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.routers import audit, catalog, health, imports, inventory, jobs, ops, reports
+from api.state import AppState
 from shared.db.database import Database
 from shared.logs import ACCESS_LOG
 from shared.queue import Queue
 from shared.settings import Settings, get_settings
+from shared.urls import API_PREFIX
 
 # The API's connections: no statement of a request runs longer than this, and a transaction
 # left open (a bug, a stuck task) does not hold its locks for ever. Named in pg_stat_activity.
@@ -28,7 +28,6 @@ API_SESSION = {
     "statement_timeout": "30s",
     "idle_in_transaction_session_timeout": "60s",
 }
-API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,10 +38,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await Database.connect(
-            database_url, pool_size=settings.db_pool_size, session=API_SESSION, parking=True
+            database_url,
+            pool_size=settings.db_pool_size,
+            session=API_SESSION,
+            parking=True,
+            connect_timeout=settings.db_connect_timeout,
+            command_timeout=settings.db_command_timeout,
+            checkout_timeout=settings.db_checkout_timeout,
         )
         queue = Queue.from_url(redis_url, settings.queue_name)
-        app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
+        state = app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
         # What start-up built lives as long as the process: keep it out of the collector's
         # full passes (one over the start-up heap paused the loop ~50 ms under load).
         gc.freeze()
@@ -50,8 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             ACCESS_LOG.flush()
-            await queue.close()
-            await db.close()
+            await state.close()
 
     docs = settings.docs_on
     app = FastAPI(
@@ -59,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Warehouse inventory: catalog, stock ledger, jobs, audit and reports.",
         lifespan=lifespan,
+        # no OpenTelemetry here (Prometheus metrics, JSON logs): not even its per-request check
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url="/api/docs" if docs else None,
         redoc_url="/api/redoc" if docs else None,
         openapi_url="/api/openapi.json" if docs else None,
@@ -77,6 +83,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     console.install(app)
 
+    _allow_origins(app, settings)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        larger={API_PREFIX + imports.IMPORTS_PATH: settings.import_max_bytes},
+    )
+    # Outermost last: the request id wraps the metrics and access log, which log with it.
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _allow_origins(app: FastAPI, settings: Settings) -> None:
+    """CORS for the configured origins (none: no CORS middleware at all)."""
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -98,18 +118,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Idempotent-Replayed",
             ],
         )
-    app.add_middleware(
-        BodySizeLimitMiddleware,
-        max_bytes=settings.max_body_bytes,
-        per_path={API_PREFIX + imports.IMPORTS_PATH: settings.import_max_bytes},
-    )
-    # The restock's happy path, before the framework's stack (see api.lanes).
-    app.add_middleware(
-        AtOnceLanes,
-        lanes=at_once_lanes(API_PREFIX, [inventory.router]),
-        max_bytes=settings.max_body_bytes,
-    )
-    # Outermost last: the request id wraps the metrics and access log, which log with it.
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
-    return app

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import AppState, StateDep
+from api.state import AppState, StateDep
 from shared import metrics
 from shared.jobs import service as jobs
 from shared.jobs.service import DURATION_BUCKETS

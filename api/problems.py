@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import DomainError, UnprocessableReference
+from shared.db.database import CONNECTION_FAILURES, is_connection_failure, unavailable
+from shared.errors import DatabaseUnavailable, DomainError, UnprocessableReference
 
 log = logging.getLogger("stockroom.api")
 
@@ -51,7 +52,12 @@ def domain_problem(exc: DomainError) -> ProblemResponse:
     extra = dict(exc.extra)
     if isinstance(exc, UnprocessableReference):
         extra["errors"] = [{"loc": exc.loc, "msg": exc.detail, "type": exc.type_slug}]
-    return problem(exc.status, exc.detail, slug=exc.type_slug, title=exc.title, **extra)
+    headers = None
+    if isinstance(exc, DatabaseUnavailable):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+    return problem(
+        exc.status, exc.detail, slug=exc.type_slug, title=exc.title, headers=headers, **extra
+    )
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -89,6 +95,14 @@ async def _on_http_error(request: Request, exc: Exception) -> ProblemResponse:
     return problem(exc.status_code, detail, slug=slug, headers=dict(exc.headers or {}))
 
 
+async def _on_connection_failure(request: Request, exc: Exception) -> ProblemResponse:
+    """A statement's connection broke, or the database did not answer in time: a 503 and one
+    log line (``unavailable``), not a 500 and a traceback."""
+    if is_connection_failure(exc):
+        return domain_problem(unavailable(exc))
+    return await _on_unhandled(request, exc)  # an OSError of another kind, a DataError...
+
+
 async def _on_unhandled(request: Request, exc: Exception) -> ProblemResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "an internal error occurred; it has been logged")
@@ -98,4 +112,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for failure in CONNECTION_FAILURES:
+        app.add_exception_handler(failure, _on_connection_failure)
     app.add_exception_handler(Exception, _on_unhandled)

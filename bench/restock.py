@@ -75,9 +75,9 @@ from bench.worker_common import (  # noqa: E402
     proc_cpu_seconds,
     with_database,
 )
-from shared.db.database import MAX_GROUP  # noqa: E402
+from shared.db.group_commit import MAX_GROUP  # noqa: E402
 from shared.embedded import free_port  # noqa: E402
-from shared.inventory.service import RESTOCK_AT_ONCE  # noqa: E402
+from shared.inventory.service import RESTOCK  # noqa: E402
 
 BENCH = ROOT / "bench"
 STOCKROOM = ROOT / ".venv" / "bin" / "stockroom"
@@ -93,7 +93,7 @@ TARGET_P99_OVER_P50 = 4.0
 
 
 # The pgbench script: the statement one keyed ``POST /inventory/restock`` sends (``shared.
-# inventory.service.RESTOCK_AT_ONCE``), taken from the code, each parameter replaced by what
+# inventory.service.RESTOCK``), taken from the code, each parameter replaced by what
 # the API would bind. Rows it writes carry reference 'pgbench'. Not mirrored: the API's Redis
 # wake-up for the audit job after the statement (an API-side cost, throttled).
 _PGBENCH_PARAMS = {
@@ -114,9 +114,9 @@ _PGBENCH_PARAMS = {
 
 def pgbench_script(group: int = 1) -> str:
     """One restock's statement per transaction; with ``group``, that many in one pipeline
-    (one implicit transaction, as ``Database.fetchrow`` sends a group), on SKUs in ascending
+    (one implicit transaction, as a ``GroupCommitter`` sends a group), on SKUs in ascending
     order (as a group runs: ``lock_order``), each from its own slice of the SKUs."""
-    sql = " ".join(RESTOCK_AT_ONCE.sql.split())
+    sql = " ".join(RESTOCK.sql.split())
     used = {int(n) for n in re.findall(r"\$(\d+)\b", sql)}
     if used != set(_PGBENCH_PARAMS):
         raise BenchError(f"the restock statement's parameters changed: {sorted(used)}")

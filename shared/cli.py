@@ -100,6 +100,8 @@ def cmd_api(args: argparse.Namespace) -> int:
             proxy_headers=True,
             server_header=False,
             timeout_graceful_shutdown=20,
+            limit_concurrency=settings.api_limit_concurrency,
+            timeout_keep_alive=settings.api_keep_alive_timeout,
         )
     finally:
         if shared_metrics is not None:

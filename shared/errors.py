@@ -105,3 +105,23 @@ class PayloadTooLarge(DomainError):
     status = 413
     type_slug = "payload-too-large"
     title = "Payload too large"
+
+
+class DatabaseUnavailable(DomainError, ConnectionError):
+    """PostgreSQL did not answer: unreachable, restarting, the connection lost mid-request,
+    or no pooled connection free in time. Nothing the request asked for is known to have been
+    committed, nor known not to have been: a retry with the same Idempotency-Key finds out.
+    A ``ConnectionError`` too, so that a job meeting it is retried (``shared.jobs.retry``)."""
+
+    status = 503
+    type_slug = "database-unavailable"
+    title = "Database unavailable"
+    retry_after_seconds: ClassVar[int] = 1
+
+
+class RequestTimeout(DomainError):
+    """The request's body did not arrive in time (a client trickling its upload)."""
+
+    status = 408
+    type_slug = "request-timeout"
+    title = "Request timeout"

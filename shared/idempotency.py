@@ -6,18 +6,19 @@ so a key never exists without its effect nor an effect without its key. Kept 24 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
-from shared.auth.keys import KeyMaterial, Scope, hash_secret
-from shared.auth.service import Principal
+from shared.auth.keys import KeyToken, hash_secret, scopes_granting
+from shared.auth.service import Principal, caller_sql, principal_of
 from shared.db.connection import Connection
+from shared.db.group_commit import GroupCommitter
 from shared.errors import (
     Forbidden,
     IdempotencyKeyInFlight,
@@ -61,21 +62,17 @@ def lock_id(key_prefix: str, key: str) -> int:
     )
 
 
-# One round trip opens a mutation: the caller's key row, and under an Idempotency-Key its lock
-# and stored response. The lock is taken only for a matching secret (the caller still checks
-# it in constant time). The lookup's snapshot predates the lock, so a holder committing in
-# between goes unseen: the work then runs, ``store`` meets the holder's row and raises
-# ``KeyStoredMeanwhile``, and the caller rolls back and opens again, which replays it.
+# One round trip opens a mutation: the caller (``caller_sql``), and under an Idempotency-Key
+# its lock and stored response. The lookup's snapshot predates the lock, so a holder
+# committing in between goes unseen: the work then runs, ``store`` meets the holder's row and
+# raises ``KeyStoredMeanwhile``, and the caller rolls back and opens again, which replays it.
 _OPEN_SQL = f"""
-SELECT k.id, k.name, k.secret_hash, k.scopes,
-       CASE WHEN $2::text IS NOT NULL AND k.secret_hash = $4::bytea
-            THEN pg_try_advisory_xact_lock($3::bigint) END AS locked,
-       s.fingerprint, s.status_code, s.headers, s.body
-FROM api_keys k
+WITH caller AS ({caller_sql("$1", "$4", "$2", "$3")})
+SELECT c.id, c.name, c.scopes, c.locked, s.fingerprint, s.status_code, s.headers, s.body
+FROM caller c
 LEFT JOIN idempotency_keys s
-       ON s.api_key_id = k.id AND s.key = $2::text
+       ON s.api_key_id = c.id AND s.key = $2::text
       AND s.created_at > now() - interval '{RETENTION}'
-WHERE k.prefix = $1 AND k.revoked_at IS NULL
 """
 
 
@@ -93,7 +90,7 @@ class Opened:
 
 
 async def open_mutation(
-    conn: Connection, material: KeyMaterial, scope: str, key: str | None, print_: bytes
+    conn: Connection, key_token: KeyToken, scope: str, key: str | None, request_digest: bytes
 ) -> Opened:
     """Inside the mutation's transaction, in one statement: authenticate the caller (401),
     check ``scope`` (403), and claim ``key`` (400 for a bad key, 409 while another request
@@ -101,17 +98,16 @@ async def open_mutation(
     work must run (the caller then calls ``store``)."""
     # a key that does not fit is answered 400, but only after 401 and 403
     valid_key = key if key is not None and 1 <= len(key) <= MAX_KEY_LENGTH else None
-    secret_hash = hash_secret(material.secret)
     row = await conn.fetchrow(
         _OPEN_SQL,
-        material.prefix,
+        key_token.prefix,
         valid_key,
-        lock_id(material.prefix, valid_key) if valid_key is not None else 0,
-        secret_hash,
+        lock_id(key_token.prefix, valid_key) if valid_key is not None else 0,
+        hash_secret(key_token.secret),
     )
-    if row is None or not hmac.compare_digest(secret_hash, bytes(row["secret_hash"])):
+    if row is None:
         raise Unauthenticated("the API key is unknown or revoked")
-    principal = Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
+    principal = principal_of(row)
     if not principal.allows(scope):
         raise Forbidden(f"this API key lacks the '{scope}' scope")
     if valid_key is None:
@@ -122,7 +118,7 @@ async def open_mutation(
         raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in flight")
     if row["fingerprint"] is None:
         return Opened(principal, None)
-    if bytes(row["fingerprint"]) != print_:
+    if bytes(row["fingerprint"]) != request_digest:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request in the last 24 hours"
         )
@@ -135,7 +131,7 @@ async def store(
     conn: Connection,
     api_key_id: uuid.UUID,
     key: str,
-    print_: bytes,
+    request_digest: bytes,
     response: StoredResponse,
 ) -> None:
     """Record the response; an expired record under the same key is replaced."""
@@ -152,7 +148,7 @@ async def store(
         """,
         api_key_id,
         key,
-        print_,
+        request_digest,
         response.status_code,
         response.headers,
         response.body,
@@ -180,28 +176,30 @@ _CONTENT_TYPE_JSON = '{"content-type": "application/json"}'
 
 
 @dataclass(frozen=True, slots=True)
-class AtOnce:
+class OneStatementMutation:
     """A mutation whose happy path is a single statement: the caller's key, the
     Idempotency-Key's lock and record, the work and the storing of its answer, committed
-    together by the statement's own implicit transaction (one round trip instead of BEGIN,
-    open, work, store, COMMIT), or by a group's (``Database.fetchrow`` with ``order``).
+    together by one transaction (why: docs/decisions/002-one-statement-restock.md), in a group
+    with other requests' (``shared.db.group_commit``).
 
-    Built by ``at_once``; ``params`` gives the work's parameters from the validated body. The
-    statement writes only when everything is in order: a known key with the scope, and an
-    Idempotency-Key that is free (no record at all, not even an expired one, and not locked).
-    Otherwise it writes nothing and the caller runs the mutation the general way, which gives
-    every other answer (401, 403, 409, 422, a replay, or a domain error and its record)."""
+    Built by ``one_statement_mutation``. The statement writes only when everything is in order:
+    a known key with the scope, and an Idempotency-Key that is free (no record at all, not even
+    an expired one, and not locked). Otherwise it writes nothing and the caller runs the
+    mutation the general way, which gives every other answer (401, 403, 409, 422, a replay, or
+    a domain error and its record)."""
 
     scope: str
     sql: str
     status_code: int
+    body: type[BaseModel]  # the request's JSON body
     params: Callable[[Any, str | None, int], Sequence[Any]]
     order: Callable[[Any], Any]
     job_kind: str | None
 
 
-def at_once(
+def one_statement_mutation(
     scope: str,
+    body: type[BaseModel],
     work: str,
     work_params: int,
     answer: str,
@@ -209,28 +207,23 @@ def at_once(
     params: Callable[[Any, str | None, int], Sequence[Any]],
     order: Callable[[Any], Any],
     job_kind: str | None = None,
-) -> AtOnce:
-    """Compose the statement, for a caller with ``scope``.
+) -> OneStatementMutation:
+    """Compose the statement, for a caller with ``scope`` sending ``body``.
 
     ``work``: data-modifying CTEs (``name AS (...), ...``) whose parameters are ``$1`` to
     ``$<work_params>`` and which read the caller from a CTE ``actor`` (``key_id``,
     ``key_name``): no row there means nothing may be written. ``answer``: a CTE ``answer``
-    of one row when the work is done, with ``body`` (the response's JSON text) and ``job_id``
-    (the outbox job of kind ``job_kind`` the work wrote, or NULL). ``params(body, request_id,
-    job_max_tries)``: the work's parameters. ``order(body)``: the sort key of the rows the work
-    locks, in the order every other path locks them (statements run in groups, in that order,
-    and one that writes nothing still returns one row, of NULLs)."""
+    of one row when the work is done, with ``body`` (the response's JSON text, the one
+    rendering of the answer) and ``job_id`` (the outbox job of kind ``job_kind`` the work
+    wrote, or NULL). ``params(body, request_id, job_max_tries)``: the work's parameters.
+    ``order(body)``: the sort key of the rows the work locks, in the order every other path
+    locks them (a ``GroupCommitter``'s contract: one row always, of NULLs when it wrote
+    nothing)."""
     n = work_params
-    prefix, secret_hash, key, lock, print_ = (f"${n + i}" for i in range(1, 6))
-    grants = "ARRAY[" + ", ".join(f"'{s}'" for s in granting(scope)) + "]"
+    prefix, secret_hash, key, lock, digest = (f"${n + i}" for i in range(1, 6))
+    grants = "ARRAY[" + ", ".join(f"'{s}'" for s in scopes_granting(scope)) + "]"
     sql = f"""
-WITH caller AS (
-    SELECT k.id, k.name, k.scopes,
-           CASE WHEN {key}::text IS NULL THEN true
-                ELSE pg_try_advisory_xact_lock({lock}::bigint) END AS locked
-    FROM api_keys k
-    WHERE k.prefix = {prefix}::text AND k.revoked_at IS NULL
-      AND k.secret_hash = {secret_hash}::bytea
+WITH caller AS ({caller_sql(prefix, secret_hash, key, lock)}
 ), actor AS (
     SELECT c.id AS key_id, c.name AS key_name FROM caller c
     WHERE c.locked AND c.scopes && {grants}
@@ -238,7 +231,7 @@ WITH caller AS (
           SELECT FROM idempotency_keys s WHERE s.api_key_id = c.id AND s.key = {key}::text)
 ), {work}, {answer}, stored AS (
     INSERT INTO idempotency_keys (api_key_id, key, fingerprint, status_code, headers, body)
-    SELECT actor.key_id, {key}::text, {print_}::bytea, {status_code},
+    SELECT actor.key_id, {key}::text, {digest}::bytea, {status_code},
            '{_CONTENT_TYPE_JSON}'::jsonb, convert_to(answer.body, 'UTF8')
     FROM actor, answer WHERE {key}::text IS NOT NULL
 )
@@ -247,56 +240,50 @@ SELECT done.* FROM (SELECT) AS one LEFT JOIN (
     FROM actor, caller, answer
 ) AS done ON true
 """
-    return AtOnce(scope, sql, status_code, params, order, job_kind)
+    return OneStatementMutation(scope, sql, status_code, body, params, order, job_kind)
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
-    """A mutation run at once: its caller, answer (stored under the key) and outbox job."""
+class Committed:
+    """A mutation committed in one statement: its caller, answer (stored under the key) and
+    outbox job."""
 
     principal: Principal
     body: bytes
     job_id: uuid.UUID | None
 
 
-def granting(scope: str) -> list[str]:
-    """The scopes any one of which allows ``scope`` (``Principal.allows``)."""
-    return [scope, Scope.admin.value]
-
-
-FetchRow = Callable[..., Awaitable["asyncpg.Record | None"]]
-
-
-async def run_at_once(
-    fetchrow: FetchRow,
-    mutation: AtOnce,
-    work_params: Sequence[Any],
-    material: KeyMaterial,
+async def run_one_statement(
+    committer: GroupCommitter[Any],
+    mutation: OneStatementMutation,
+    body: Any,
+    request_id: str | None,
+    job_max_tries: int,
+    key_token: KeyToken,
     key: str | None,
-    print_: bytes,
-) -> Done | None:
-    """Run ``mutation``'s statement with ``fetchrow`` (``Database.fetchrow`` with the
-    mutation's ``order``, or a connection's outside a transaction: the statement is one).
-    ``None``: nothing was written; run the mutation the general way."""
+    request_digest: bytes,
+) -> Committed | None:
+    """Run ``mutation``'s statement for the validated ``body`` through ``committer`` (built
+    for ``mutation.sql``). ``None``: nothing was written; run the mutation the general way."""
     if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
         return None
+    args = (
+        *mutation.params(body, request_id, job_max_tries),
+        key_token.prefix,
+        hash_secret(key_token.secret),
+        key,
+        lock_id(key_token.prefix, key) if key is not None else 0,
+        request_digest if key is not None else None,
+    )
     try:
-        row = await fetchrow(
-            mutation.sql,
-            *work_params,
-            material.prefix,
-            hash_secret(material.secret),
-            key,
-            lock_id(material.prefix, key) if key is not None else 0,
-            print_ if key is not None else None,
-        )
+        row = await committer.commit(args, mutation.order(body))
     except asyncpg.UniqueViolationError as exc:
         if exc.table_name != "idempotency_keys":
             raise
         # the key's record committed after this statement's snapshot and before its lock
         # (see ``_OPEN_SQL``): the statement is undone; the general way replays that record
         return None
-    if row is None or row[0] is None:  # it wrote nothing (a row of NULLs)
+    if row[0] is None:  # it wrote nothing (a row of NULLs)
         return None
     principal = Principal(key_id=row[0], name=row[1], scopes=frozenset(row[2]))
-    return Done(principal, row[3].encode(), row[4])
+    return Committed(principal, row[3].encode(), row[4])

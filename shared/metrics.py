@@ -50,7 +50,7 @@ OLDEST_QUEUED_AGE = Gauge(
 )
 DB_GROUP_SIZE = Histogram(
     "stockroom_db_group_size",
-    "Statements sent together, as one transaction, by Database.fetchrow with an order"
+    "Calls of one statement sent together, as one transaction, by a GroupCommitter"
     " (group commit; 1: alone)",
     buckets=(1, 2, 4, 8, 12, 16),
 )

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     worker_shutdown_grace_seconds: int = Field(default=20, ge=0, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=500)
+    # A database that does not answer is a 503 within about a second (docs/decisions/008)
+    db_connect_timeout: float = Field(default=1.0, gt=0, le=60)
+    db_command_timeout: float | None = Field(default=30.0, gt=0)
+    db_checkout_timeout: float = Field(default=10.0, gt=0, le=300)
+    # The front door (``stockroom api``): connections and requests at once before uvicorn
+    # answers 503, an idle keep-alive connection's life, a request body's whole read
+    api_limit_concurrency: int = Field(default=2048, ge=1)
+    api_keep_alive_timeout: int = Field(default=5, ge=1, le=300)
+    api_body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
     report_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     report_retention_hours: int = Field(default=24 * 7, ge=1)
     # How long an ops console sign-in lasts (api.console); the key is re-checked on every page.

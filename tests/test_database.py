@@ -14,7 +14,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.db.database import MAX_GROUP, Database, usable
+from shared.db.database import Database, usable
+from shared.db.group_commit import MAX_GROUP, GroupCommitter
+from shared.errors import DatabaseUnavailable
 from tests.conftest import Env
 from tests.waiting import eventually, holds
 
@@ -84,8 +86,8 @@ async def test_the_checkout_limit_applies_to_timeouts(env: Env) -> None:
             try:
                 async with db.acquire(timeout=0.2):
                     raise AssertionError("a second checkout of a pool of one succeeded")
-            except TimeoutError:
-                pass
+            except DatabaseUnavailable as exc:
+                assert isinstance(exc.__cause__, TimeoutError)
         async with db.acquire(timeout=1) as conn:  # and the slot was not lost
             assert await conn.fetchval("SELECT 1") == 1
     finally:
@@ -186,184 +188,35 @@ async def _is(value: Any, *expected: object) -> bool:
     return (await value) in expected
 
 
-# --- Database.fetchrow: a statement on the first connection free ------------------------------
-
-
-async def test_queued_statements_run_back_to_back_on_one_connection(env: Env) -> None:
-    """A runner whose statement returned sends the next before its caller even resumes (an
-    ``acquire`` waiter would send it one loop turn later)."""
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    try:
-        left_when_done: list[int] = []
-
-        async def call(i: int) -> tuple[int, int]:
-            row = await db.fetchrow("SELECT pg_backend_pid(), $1::int", i)
-            left_when_done.append(len(db.queued))
-            assert row is not None
-            return row[0], row[1]
-
-        results = await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(5))), 20)
-        assert [n for _, n in results] == [0, 1, 2, 3, 4]
-        assert len({pid for pid, _ in results}) == 1
-        assert left_when_done == [3, 2, 1, 0, 0]
-        assert db.runners == set() and len(db.parked) == 1
-    finally:
-        await db.close()
-
-
-async def test_a_statements_error_is_its_callers_alone(env: Env) -> None:
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    try:
-        results = await asyncio.gather(
-            db.fetchrow("SELECT pg_backend_pid()"),
-            db.fetchrow("SELECT 1 / 0"),
-            db.fetchrow("SELECT pg_backend_pid()"),
-            return_exceptions=True,
-        )
-        assert isinstance(results[1], asyncpg.DivisionByZeroError)
-        first, last = results[0], results[2]
-        assert isinstance(first, asyncpg.Record) and isinstance(last, asyncpg.Record)
-        assert first[0] == last[0]  # the connection went on
-    finally:
-        await db.close()
-
-
-async def test_an_acquire_caller_gets_the_connection_after_the_running_statement(
-    env: Env,
-) -> None:
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    try:
-        order: list[str] = []
-
-        async def statement(i: int) -> None:
-            await db.fetchrow("SELECT pg_sleep(0.05)")
-            order.append(f"s{i}")
-
-        async def transaction() -> None:
-            async with db.acquire() as conn:
-                order.append("acquire")
-                await conn.fetchval("SELECT 1")
-
-        statements = [asyncio.create_task(statement(i)) for i in range(4)]
-        await eventually(lambda: holds(len(db.queued) == 3), what="s0 to be sent")
-        waiter = asyncio.create_task(transaction())
-        await asyncio.wait_for(asyncio.gather(*statements, waiter), timeout=20)
-        assert order == ["s0", "acquire", "s1", "s2", "s3"]
-    finally:
-        await db.close()
-
-
-async def test_a_caller_cancelled_while_queued_takes_its_statement_away(env: Env) -> None:
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    try:
-        async with db.acquire() as conn:
-            await conn.execute("CREATE SEQUENCE fetchrow_cancelled")
-        slow = asyncio.create_task(db.fetchrow("SELECT pg_sleep(0.3)"))
-        await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="slow")
-        cancelled = asyncio.create_task(db.fetchrow("SELECT nextval('fetchrow_cancelled')"))
-        await eventually(lambda: holds(len(db.queued) == 1), what="the second to queue")
-        cancelled.cancel()
-
-        async def then() -> asyncpg.Record | None:  # in one task: no loop turn in between
-            assert await db.fetchrow("SELECT 1") is not None
-            await slow
-            assert cancelled.cancelled()
-            return await db.fetchrow("SELECT is_called FROM fetchrow_cancelled")
-
-        row = await asyncio.wait_for(then(), timeout=20)
-        assert row is not None and row[0] is False
-    finally:
-        async with db.acquire() as conn:
-            await conn.execute("DROP SEQUENCE IF EXISTS fetchrow_cancelled")
-        await db.close()
-
-
-async def test_a_connection_lost_mid_statement_fails_that_statement_only(env: Env) -> None:
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    watcher = await Database.connect(env.database_url, pool_size=1)
-    try:
-        pids: list[int] = []
-
-        async def slow() -> None:
-            row = await db.fetchrow("SELECT pg_backend_pid()")
-            assert row is not None
-            pids.append(row[0])
-            await db.fetchrow("SELECT pg_sleep(30)")
-
-        slow_task = asyncio.create_task(slow())
-
-        async def sleeping() -> bool:
-            async with watcher.acquire() as w:
-                state = await w.fetchval(
-                    "SELECT state FROM pg_stat_activity WHERE pid = $1 AND query LIKE"
-                    " '%pg_sleep(30)%'",
-                    pids[0] if pids else 0,
-                )
-            return bool(state == "active")
-
-        await eventually(sleeping, what="the slow statement to run")
-        after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
-        await eventually(lambda: holds(len(db.queued) == 1), what="the next to queue")
-        async with watcher.acquire() as w:
-            await w.execute("SELECT pg_terminate_backend($1)", pids[0])
-        (failed,) = await asyncio.gather(slow_task, return_exceptions=True)
-        assert isinstance(failed, asyncpg.PostgresError | asyncpg.InterfaceError), failed
-        row = await asyncio.wait_for(after, timeout=20)
-        assert row is not None and row[0] != pids[0]  # on a new connection
-    finally:
-        await watcher.close()
-        await db.close()
-
-
-async def test_closing_cancels_the_statements_running_and_queued(env: Env) -> None:
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    running = asyncio.create_task(db.fetchrow("SELECT pg_sleep(30)"))
-    await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="running")
-    queued = asyncio.create_task(db.fetchrow("SELECT 1"))
-    await eventually(lambda: holds(len(db.queued) == 1), what="queued")
-    await asyncio.wait_for(db.close(), timeout=20)
-    results = await asyncio.gather(running, queued, return_exceptions=True)
-    assert [type(r) for r in results] == [asyncio.CancelledError, asyncio.CancelledError]
-
-
-async def test_statements_one_after_the_other_each_find_a_runner(env: Env) -> None:
-    """The caller of a statement resumes before the loop runs the done callbacks of the runner
-    that served it: a runner still counted then would leave the next statement queued with no
-    one to send it."""
-    db = await Database.connect(env.database_url, pool_size=1, parking=True)
-    try:
-
-        async def back_to_back() -> list[int]:  # in one task: no loop turn in between
-            rows = [await db.fetchrow("SELECT $1::int", i) for i in range(3)]
-            return [row[0] for row in rows if row is not None]
-
-        assert await asyncio.wait_for(back_to_back(), timeout=10) == [0, 1, 2]
-    finally:
-        await db.close()
-
-
-# --- Database.fetchrow with order: group commit -------------------------------------------------
+# --- GroupCommitter: a statement's calls committed in groups ------------------------------------
 
 _GROUPED = """
 WITH ins AS (INSERT INTO fetchrow_grouped (v) VALUES ($1) RETURNING v)
-SELECT v, 100 / $2::int AS q, txid_current() AS txid, nextval('fetchrow_grouped_seq') AS seq
+SELECT v, 100 / $2::int AS q, txid_current() AS txid, nextval('fetchrow_grouped_seq') AS seq,
+       pg_backend_pid() AS pid
 FROM ins
 """
+_SLEEPY = _GROUPED.replace("100 / $2::int", "pg_sleep($2::float)::text")
 
 
 @contextlib.asynccontextmanager
-async def _held_runner(env: Env) -> AsyncIterator[tuple[Database, Callable[[], Awaitable[None]]]]:
-    """A database of one connection whose only runner waits, on an advisory lock the test
-    holds, until the test calls ``release`` (the statements queued meanwhile then go)."""
+async def _held_runner(
+    env: Env,
+) -> AsyncIterator[tuple[Database, Callable[[], Awaitable[None]]]]:
+    """A database of one connection, held, until the test calls ``release``, by a statement
+    waiting on an advisory lock the test holds (calls queued meanwhile then go)."""
     db = await Database.connect(env.database_url, pool_size=1, parking=True)
     holder = await asyncpg.connect(env.database_url)
     await holder.execute(
         "CREATE TABLE fetchrow_grouped (v int NOT NULL);"
         " CREATE SEQUENCE fetchrow_grouped_seq; SELECT pg_advisory_lock(7007)"
     )
-    blocker = asyncio.create_task(db.fetchrow("SELECT pg_advisory_xact_lock(7007)"))
+    blocking = GroupCommitter[int](db, "SELECT pg_advisory_xact_lock($1)")
+    blocker = asyncio.create_task(blocking.commit((7007,), 0))
     try:
-        await eventually(lambda: holds(len(db.runners) == 1 and not db.queued), what="blocked")
+        await eventually(
+            lambda: holds(len(blocking.runners) == 1 and not blocking.queued), what="blocked"
+        )
 
         async def release() -> None:
             await holder.execute("SELECT pg_advisory_unlock(7007)")
@@ -371,7 +224,7 @@ async def _held_runner(env: Env) -> AsyncIterator[tuple[Database, Callable[[], A
 
         yield db, release
     finally:
-        blocker.cancel()
+        await blocking.close()
         await db.close()
         await holder.execute("DROP TABLE fetchrow_grouped; DROP SEQUENCE fetchrow_grouped_seq")
         await holder.close()
@@ -385,39 +238,38 @@ async def _committed(env: Env) -> list[int]:
         await conn.close()
 
 
-async def test_statements_queued_with_an_order_commit_together_in_that_order(env: Env) -> None:
+async def test_calls_queued_together_commit_together_in_their_order(env: Env) -> None:
     async with _held_runner(env) as (db, release):
+        grouped = GroupCommitter[int](db, _GROUPED)
         values = [5, *range(MAX_GROUP + 1, 7, -1), 3, 1, 4, 2, 6, 7]  # MAX_GROUP + 2 of them
-        grouped = [asyncio.create_task(db.fetchrow(_GROUPED, v, 1, order=v)) for v in values]
-        alone = asyncio.create_task(db.fetchrow(_GROUPED, 0, 1))  # no order: alone
-        other = asyncio.create_task(db.fetchrow(_GROUPED + " ", 100, 1, order=0))  # its text
-        last = asyncio.create_task(db.fetchrow(_GROUPED, 101, 1, order=0))
-        await eventually(lambda: holds(len(db.queued) == len(values) + 3), what="all queued")
+        calls = [asyncio.create_task(grouped.commit((v, 1), v)) for v in values]
+        await eventually(lambda: holds(len(grouped.queued) == len(values)), what="all queued")
         await release()
-        rows = await asyncio.wait_for(asyncio.gather(*grouped, alone, other, last), 20)
+        rows = await asyncio.wait_for(asyncio.gather(*calls), 20)
         committed = await _committed(env)
-    assert [row["v"] for row in rows] == [*values, 0, 100, 101]  # each caller its own row
+        assert grouped.runners == set() and len(db.parked) == 1
+    assert [row["v"] for row in rows] == values  # each caller its own row
     by_value = {row["v"]: row for row in rows}
     first, rest = values[:MAX_GROUP], values[MAX_GROUP:]
     # the first MAX_GROUP in one transaction, run in their order; the rest in a second
     assert len({by_value[v]["txid"] for v in first}) == 1
     assert [by_value[v]["seq"] for v in sorted(first)] == sorted(by_value[v]["seq"] for v in first)
     assert len({by_value[v]["txid"] for v in rest}) == 1
-    txids = [by_value[first[0]]["txid"], by_value[rest[0]]["txid"]]
-    txids += [by_value[v]["txid"] for v in (0, 100, 101)]
-    assert len(set(txids)) == 5  # ones without an order, of another text, or behind: alone
-    assert committed == sorted([*values, 0, 100, 101])
+    assert by_value[first[0]]["txid"] != by_value[rest[0]]["txid"]
+    assert len({row["pid"] for row in rows}) == 1  # back to back, on the one connection
+    assert committed == sorted(values)
 
 
-async def test_an_error_rolls_the_group_back_and_each_statement_runs_alone(env: Env) -> None:
+async def test_an_error_rolls_the_group_back_and_each_call_runs_alone(env: Env) -> None:
     async with _held_runner(env) as (db, release):
-        calls = [db.fetchrow(_GROUPED, v, 0 if v == 2 else 1, order=v) for v in (1, 2, 3)]
+        grouped = GroupCommitter[int](db, _GROUPED)
+        calls = [grouped.commit((v, 0 if v == 2 else 1), v) for v in (1, 2, 3)]
         tasks = [asyncio.create_task(call) for call in calls]
-        await eventually(lambda: holds(len(db.queued) == 3), what="all queued")
+        await eventually(lambda: holds(len(grouped.queued) == 3), what="all queued")
         await release()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
         committed = await _committed(env)
-    assert isinstance(results[1], asyncpg.DivisionByZeroError)
+    assert isinstance(results[1], asyncpg.DivisionByZeroError)  # its own error, as it is
     ok = [r for r in results if isinstance(r, asyncpg.Record)]
     assert [r["v"] for r in ok] == [1, 3]
     assert ok[0]["txid"] != ok[1]["txid"]  # alone, each
@@ -425,34 +277,135 @@ async def test_an_error_rolls_the_group_back_and_each_statement_runs_alone(env: 
     assert committed == [1, 3]
 
 
-async def test_a_connection_lost_during_a_group_fails_its_every_caller(env: Env) -> None:
-    """Whether the group committed is unknown then: no statement of it may run again."""
-    sleepy = _GROUPED.replace("100 / $2::int", "pg_sleep($2::int)::text")
-    async with _held_runner(env) as (db, release):
-        tasks = [asyncio.create_task(db.fetchrow(sleepy, v, 30, order=v)) for v in (1, 2)]
-        after = asyncio.create_task(db.fetchrow("SELECT pg_backend_pid()"))
-        await eventually(lambda: holds(len(db.queued) == 3), what="all queued")
-        await release()
-        watcher = await asyncpg.connect(env.database_url)
-        try:
-            pids: list[int] = []
+async def _terminate_the_sleeper(env: Env) -> int:
+    """Wait for a call of ``_SLEEPY`` to sleep, end its backend; its pid."""
+    watcher = await asyncpg.connect(env.database_url)
+    try:
+        pids: list[int] = []
 
-            async def sleeping() -> bool:
-                pids[:] = (
-                    await watcher.fetchval(
-                        "SELECT array_agg(pid) FROM pg_stat_activity WHERE state = 'active'"
-                        " AND query LIKE '%pg_sleep($2%' AND pid <> pg_backend_pid()"
-                    )
-                    or []
+        async def sleeping() -> bool:
+            pids[:] = (
+                await watcher.fetchval(
+                    "SELECT array_agg(pid) FROM pg_stat_activity WHERE state = 'active'"
+                    " AND query LIKE '%pg_sleep($2%' AND pid <> pg_backend_pid()"
                 )
-                return len(pids) == 1
+                or []
+            )
+            return len(pids) == 1
 
-            await eventually(sleeping, what="the group to run")
-            await watcher.execute("SELECT pg_terminate_backend($1)", pids[0])
-        finally:
-            await watcher.close()
+        await eventually(sleeping, what="the group to run")
+        await watcher.execute("SELECT pg_terminate_backend($1)", pids[0])
+        return pids[0]
+    finally:
+        await watcher.close()
+
+
+async def test_a_connection_lost_during_a_group_fails_its_callers_and_the_queue_goes_on(
+    env: Env,
+) -> None:
+    """Whether the group committed is unknown then: its callers get ``DatabaseUnavailable``
+    and no call of it runs again; the runner lives, and sends the calls queued behind it on a
+    new connection."""
+    async with _held_runner(env) as (db, release):
+        grouped = GroupCommitter[int](db, _SLEEPY)
+        tasks = [asyncio.create_task(grouped.commit((v, 30), v)) for v in (1, 2)]
+        await eventually(lambda: holds(len(grouped.queued) == 2), what="all queued")
+        await release()
+        await eventually(lambda: holds(not grouped.queued), what="the group to be sent")
+        after = asyncio.create_task(grouped.commit((3, 0), 3))
+        pid = await _terminate_the_sleeper(env)
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
-        assert all(isinstance(r, asyncpg.PostgresError | OSError) for r in results), results
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
         row = await asyncio.wait_for(after, timeout=20)
-        assert row is not None and row[0] != pids[0]  # the queue went on, on a new connection
-        assert await _committed(env) == []
+        assert row["pid"] != pid  # on a new connection
+        assert await _committed(env) == [3]
+
+
+async def test_an_acquire_caller_gets_the_connection_after_the_running_group(env: Env) -> None:
+    async with _held_runner(env) as (db, release):
+        grouped = GroupCommitter[int](db, _SLEEPY)
+        order: list[str] = []
+
+        async def call(i: int) -> None:
+            await grouped.commit((i, 0.05), i)
+            order.append(f"s{i}")
+
+        async def transaction() -> None:
+            async with db.acquire() as conn:
+                order.append("acquire")
+                await conn.fetchval("SELECT 1")
+
+        first = asyncio.create_task(call(0))
+        await eventually(lambda: holds(len(grouped.queued) == 1), what="s0 to queue")
+        await release()
+        await eventually(lambda: holds(not grouped.queued), what="s0 to be sent")
+        calls = [asyncio.create_task(call(i)) for i in (1, 2, 3)]
+        await eventually(lambda: holds(len(grouped.queued) == 3), what="the rest to queue")
+        waiter = asyncio.create_task(transaction())
+        await asyncio.wait_for(asyncio.gather(first, *calls, waiter), timeout=20)
+        assert order == ["s0", "acquire", "s1", "s2", "s3"]
+
+
+async def test_a_caller_cancelled_while_queued_takes_its_call_away(env: Env) -> None:
+    async with _held_runner(env) as (db, release):
+        grouped = GroupCommitter[int](db, _GROUPED)
+        kept = asyncio.create_task(grouped.commit((1, 1), 1))
+        cancelled = asyncio.create_task(grouped.commit((2, 1), 2))
+        await eventually(lambda: holds(len(grouped.queued) == 2), what="both to queue")
+        cancelled.cancel()
+        await release()
+        row = await asyncio.wait_for(kept, timeout=20)
+        assert row["v"] == 1 and cancelled.cancelled()
+        assert await _committed(env) == [1]
+
+
+async def test_closing_cancels_the_calls_running_and_queued(env: Env) -> None:
+    async with _held_runner(env) as (db, release):
+        grouped = GroupCommitter[int](db, _SLEEPY)
+        running = asyncio.create_task(grouped.commit((1, 30), 1))
+        await eventually(lambda: holds(len(grouped.queued) == 1), what="queued")
+        await release()
+        await eventually(lambda: holds(not grouped.queued), what="running")
+        queued = asyncio.create_task(grouped.commit((2, 0), 2))
+        await eventually(lambda: holds(len(grouped.queued) == 1), what="queued")
+        await asyncio.wait_for(grouped.close(), timeout=20)
+        results = await asyncio.gather(running, queued, return_exceptions=True)
+        assert [type(r) for r in results] == [asyncio.CancelledError, asyncio.CancelledError]
+
+
+async def test_calls_one_after_the_other_each_find_a_runner(env: Env) -> None:
+    """The caller of a call resumes before the loop runs the done callbacks of the runner
+    that served it: a runner still counted then would leave the next call queued with no one
+    to send it."""
+    db = await Database.connect(env.database_url, pool_size=1, parking=True)
+    grouped = GroupCommitter[int](db, "SELECT $1::int")
+    try:
+
+        async def back_to_back() -> list[int]:  # in one task: no loop turn in between
+            rows = [await grouped.commit((i,), i) for i in range(3)]
+            return [row[0] for row in rows]
+
+        assert await asyncio.wait_for(back_to_back(), timeout=10) == [0, 1, 2]
+    finally:
+        await grouped.close()
+        await db.close()
+
+
+async def test_no_connection_fails_each_queued_call_and_the_committer_serves_again(
+    env: Env,
+) -> None:
+    """No connection in time (here: the only one held): every call queued fails with
+    ``DatabaseUnavailable`` (none ran), no runner is left behind, and later calls run."""
+    db = await Database.connect(env.database_url, pool_size=1, checkout_timeout=0.3)
+    grouped = GroupCommitter[int](db, "SELECT $1::int")
+    try:
+        async with db.acquire(timeout=5):
+            calls = [asyncio.create_task(grouped.commit((i,), i)) for i in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
+        await eventually(lambda: holds(grouped.runners == set()), what="the runner to end")
+        row = await asyncio.wait_for(grouped.commit((7,), 7), timeout=10)
+        assert row[0] == 7
+    finally:
+        await grouped.close()
+        await db.close()

@@ -33,7 +33,7 @@ from api.console.views import (
 )
 from api.routers.reports import _stream
 from shared.audit import service as audit_service
-from shared.auth.keys import Scope
+from shared.auth.keys import Scope, parse_token
 from shared.auth.service import authenticate
 from shared.console import queries, sessions
 from shared.errors import DomainError
@@ -100,10 +100,10 @@ async def sign_in(request: Request) -> Response:
     if not expected or submitted is None or not sessions.tokens_match(expected, submitted):
         return _sign_in_form(request, "The sign-in form expired; try again.", 403)
     state = app_state(request)
-    key = (first(form, "api_key") or "").strip()
+    key = parse_token((first(form, "api_key") or "").strip())
     try:
         async with state.db.acquire(timeout=DATABASE_WAIT_SECONDS) as conn:
-            principal = await authenticate(conn, key) if key else None
+            principal = await authenticate(conn, key) if key is not None else None
             if principal is None or not principal.allows(Scope.admin):
                 return _sign_in_form(
                     request, "That key is unknown, revoked, or does not hold admin.", 401

@@ -23,7 +23,8 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
-from api.deps import AppState, _dispatch
+from api.mutations import dispatch_new_jobs
+from api.state import AppState
 from shared.console import sessions
 from shared.console.sessions import ConsoleSession
 from shared.db.connection import Connection
@@ -272,7 +273,7 @@ async def act(request: Request, do: Action) -> Response:
         async with view.conn.transaction():
             notice = await do(ActionInput(uow, form, view.session))
         if uow.new_jobs:
-            await _dispatch(view.state, uow.new_jobs)
+            await dispatch_new_jobs(view.state, uow.new_jobs)
         response = RedirectResponse(back_to(form, notice), status_code=303)
         response.headers.update(SECURITY_HEADERS)
         return response

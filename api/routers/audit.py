@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
-from api.deps import ConnDep, requires
+from api.auth import ConnDep, requires
 from shared.audit import service
 from shared.audit.schemas import AuditEntry
 from shared.auth.keys import Scope

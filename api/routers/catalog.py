@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
+from api.auth import ConnDep, requires
+from api.mutations import Mutation, MutationRoute, mutates
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.catalog import service
 from shared.catalog.schemas import Product, ProductCreate, ProductPatch
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from shared.urls import product_path
 
 router = APIRouter(route_class=MutationRoute, prefix="/catalog", tags=["catalog"])
 
@@ -35,7 +37,7 @@ async def create_product(body: ProductCreate, m: CatalogWrite) -> Response:
     return await m.respond(
         201,
         product,
-        {"Location": f"/api/v1/catalog/products/{product.sku}", "ETag": product.etag},
+        {"Location": product_path(product.sku), "ETag": product.etag},
     )
 
 

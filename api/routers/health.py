@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import StateDep
+from api.state import StateDep
 
 router = APIRouter(tags=["ops"])
 

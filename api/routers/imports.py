@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import Mutation, MutationRoute, mutates
+from api.mutations import Mutation, MutationRoute, mutates
 from shared.auth.keys import Scope
 from shared.imports.service import ImportMode, request_import
 from shared.jobs.schemas import Job

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime
 
-from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
+from api.auth import ConnDep, requires
+from api.mutations import Mutation, MutationRoute, mutates
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.inventory import service
@@ -36,7 +37,7 @@ InventoryWrite = Annotated[Mutation, mutates(Scope.inventory_write)]
 # restock writes in one statement, or nothing before it raises: no savepoint needed; and its
 # happy path, with the key's handling, is that one statement
 InventoryRestock = Annotated[
-    Mutation, mutates(Scope.inventory_write, atomic=True, at_once=service.RESTOCK_AT_ONCE)
+    Mutation, mutates(Scope.inventory_write, atomic=True, one_statement=service.RESTOCK)
 ]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 CONFLICTS: dict[int | str, dict[str, Any]] = {
@@ -61,7 +62,7 @@ async def list_locations(
 async def restock(body: RestockLine, m: InventoryRestock) -> Response:
     """Receive stock at a location (default `MAIN`). Send an `Idempotency-Key`: a retried
     request then returns the first answer and counts nothing twice."""
-    return await m.respond(201, await service.restock(m.uow, body))
+    return await m.respond_json(201, await service.restock(m.uow, body))
 
 
 @router.post("/restock/batch", status_code=201, response_model=BatchResult, responses=CONFLICTS)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
+from api.auth import ConnDep, requires
+from api.mutations import Mutation, MutationRoute, mutates
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.jobs import service

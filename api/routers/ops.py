@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter
 
-from api.deps import ConnDep, StateDep, requires
+from api.auth import ConnDep, requires
+from api.state import StateDep
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.jobs import service

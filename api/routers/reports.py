@@ -10,7 +10,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Body, Response
 from fastapi.responses import StreamingResponse
 
-from api.deps import ConnDep, Mutation, MutationRoute, StateDep, mutates, requires
+from api.auth import ConnDep, requires
+from api.mutations import Mutation, MutationRoute, mutates
+from api.state import StateDep
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.jobs.schemas import Job

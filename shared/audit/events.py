@@ -35,6 +35,16 @@ def event_payload(
     }
 
 
+def event_payload_sql(
+    action: str, subject: str, skus: str, payload: str, key_id: str, key_name: str
+) -> str:
+    """``event_payload`` as a SQL expression, for a statement that records its own event
+    (``AUDIT_JOB_INSERT``): the arguments are SQL expressions (``action`` a literal)."""
+    return f"""jsonb_build_object(
+        'action', '{action}', 'subject', {subject}, 'skus', {skus}, 'payload', {payload},
+        'actor', jsonb_build_object('key_id', {key_id}::text, 'name', {key_name}))"""
+
+
 async def record_event(
     uow: UnitOfWork,
     action: str,

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
 from shared.audit.events import record_event
 from shared.auth.keys import (
+    KeyToken,
     Scope,
     generate_key,
     hash_secret,
     parse_token,
-    secret_matches,
+    scopes_granting,
 )
 from shared.db.connection import Connection
+from shared.db.database import Database
 from shared.db.unit_of_work import UnitOfWork
+from shared.errors import Unauthenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +33,7 @@ class Principal:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return Scope.admin.value in self.scopes or scope in self.scopes
+        return not self.scopes.isdisjoint(scopes_granting(scope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +54,53 @@ class KeyInfo:
     revoked_at: datetime | None
 
 
-_AUTH_SQL = (
-    "SELECT id, name, secret_hash, scopes FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL"
-)
+def caller_sql(
+    prefix: str, secret_hash: str, key: str | None = None, lock: str | None = None
+) -> str:
+    """The one query that finds the caller, for a CTE of every statement that authenticates:
+    the live key of prefix ``prefix`` whose secret hashes to ``secret_hash`` (SHA-256s are
+    compared, so the time taken tells nothing of the secret), its ``id``, ``name`` and
+    ``scopes``, and ``locked``: whether the advisory lock ``lock`` of the Idempotency-Key
+    ``key`` was taken (true without a key; taken only for a caller found). The arguments are
+    the statement's placeholders (``$1``...)."""
+    locked = (
+        "true"
+        if key is None
+        else f"CASE WHEN {key}::text IS NULL THEN true"
+        f" ELSE pg_try_advisory_xact_lock({lock}::bigint) END"
+    )
+    return f"""
+    SELECT k.id, k.name, k.scopes, {locked} AS locked
+    FROM api_keys k
+    WHERE k.prefix = {prefix}::text AND k.revoked_at IS NULL
+      AND k.secret_hash = {secret_hash}::bytea"""
 
 
-async def authenticate(conn: Connection, token: str) -> Principal | None:
-    material = parse_token(token)
-    if material is None:
-        return None
-    row = await conn.fetchrow(_AUTH_SQL, material.prefix)
-    if row is None or not secret_matches(material.secret, bytes(row["secret_hash"])):
-        return None
+_AUTH_SQL = f"WITH caller AS ({caller_sql('$1', '$2')}) SELECT id, name, scopes FROM caller"
+
+
+def principal_of(row: asyncpg.Record) -> Principal:
+    """The caller, from a row of ``caller_sql``'s columns."""
     return Principal(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
 
 
+async def authenticate(conn: Connection, key: KeyToken) -> Principal | None:
+    """The live key ``key`` presents, or ``None``."""
+    row = await conn.fetchrow(_AUTH_SQL, key.prefix, hash_secret(key.secret))
+    return None if row is None else principal_of(row)
+
+
 async def create_key(conn: Connection, name: str, scopes: list[str]) -> CreatedKey:
-    material = generate_key()
+    new_key = generate_key()
     key_id = await conn.fetchval(
         "INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
         " RETURNING id",
         name,
-        material.prefix,
-        hash_secret(material.secret),
+        new_key.prefix,
+        hash_secret(new_key.secret),
         scopes,
     )
-    return CreatedKey(id=key_id, name=name, scopes=scopes, key=material.token)
+    return CreatedKey(id=key_id, name=name, scopes=scopes, key=new_key.token)
 
 
 async def list_keys(conn: Connection) -> list[KeyInfo]:
@@ -95,8 +122,9 @@ async def revoke_key(conn: Connection, key_id: uuid.UUID) -> bool:
 async def ensure_dev_admin_key(conn: Connection, saved: str | None) -> str:
     """The development admin key: ``saved`` while it still authenticates with admin scope,
     else a new one (the caller keeps it where the next start finds it)."""
-    if saved:
-        principal = await authenticate(conn, saved)
+    token = parse_token(saved) if saved else None
+    if saved and token is not None:
+        principal = await authenticate(conn, token)
         if principal is not None and principal.allows(Scope.admin):
             return saved
     created = await create_key(conn, "dev-admin", [Scope.admin.value])
@@ -117,3 +145,29 @@ async def revoke_key_audited(uow: UnitOfWork, key_id: uuid.UUID) -> bool:
     if revoked:
         await record_event(uow, "key.revoked", f"key:{key_id}", [], {"id": str(key_id)})
     return revoked
+
+
+class LiveKeys:
+    """The gate before a mutation's body is read: the key must exist (401 otherwise), so
+    that only a caller holding a live key can make the process hold an upload. Keys found
+    live are remembered for ``ttl`` seconds, by prefix and secret hash, so that the hot path
+    pays no round trip for it; the statement that does the work authenticates again, so a
+    key revoked meanwhile still writes nothing."""
+
+    def __init__(self, ttl: float = 5.0, most: int = 10_000) -> None:
+        self.ttl = ttl
+        self.most = most
+        self._live_until: dict[tuple[str, bytes], float] = {}
+
+    async def check(self, db: Database, key: KeyToken) -> None:
+        seen = (key.prefix, hash_secret(key.secret))
+        now = time.monotonic()
+        if self._live_until.get(seen, 0.0) > now:
+            return
+        async with db.acquire() as conn:
+            principal = await authenticate(conn, key)
+        if principal is None:
+            raise Unauthenticated("the API key is unknown or revoked")
+        if len(self._live_until) >= self.most:  # bounded: start over
+            self._live_until.clear()
+        self._live_until[seen] = now + self.ttl

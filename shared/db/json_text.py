@@ -2,7 +2,8 @@
 API's Pydantic models serialise it (compact separators, fields in model order, strings
 escaped as JSON, UUIDs as strings, timestamps as ``2026-01-02T03:04:05.123456Z`` with the
 fraction left out when it is zero). For a statement that must store its own answer (see
-``shared.idempotency.at_once``); ``tests/test_json_text.py`` holds the two side by side.
+``shared.idempotency.one_statement_mutation``); ``tests/test_json_text.py`` holds the two
+side by side.
 
 Each function takes SQL expressions and returns one; NULL renders as ``null``."""
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
 
 from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku
+from shared.urls import job_path
 
 Quantity = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
 Delta = Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)]
@@ -98,16 +99,13 @@ class StockLevel(BaseModel):
     updated_at: datetime
 
 
-JOB_PATH = "/api/v1/jobs/"
-
-
 class JobLink(BaseModel):
     id: uuid.UUID
     status_url: str
 
     @classmethod
     def for_job(cls, job_id: uuid.UUID) -> JobLink:
-        return cls(id=job_id, status_url=f"{JOB_PATH}{job_id}")
+        return cls(id=job_id, status_url=job_path(job_id))
 
 
 class RestockResult(BaseModel):

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from shared import idempotency
 from shared.alerts.low_stock import check_crossing
-from shared.audit.events import AUDIT_JOB_INSERT, record_event
+from shared.audit.events import AUDIT_JOB_INSERT, event_payload_sql, record_event
 from shared.auth.keys import Scope
 from shared.db import json_text
 from shared.db.connection import Connection
@@ -32,7 +32,6 @@ from shared.errors import (
     UnprocessableReference,
 )
 from shared.inventory.schemas import (
-    JOB_PATH,
     Adjustment,
     AdjustmentResult,
     BatchResult,
@@ -46,13 +45,13 @@ from shared.inventory.schemas import (
     MovementFilter,
     RestockBatch,
     RestockLine,
-    RestockResult,
     StockLevel,
     Transfer,
     TransferResult,
 )
 from shared.jobs.kinds import JobKind
 from shared.pagination import Page, decode_cursor, encode_cursor
+from shared.urls import job_path
 
 # --- locations -------------------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ _LINE_FIELDS: tuple[Loc, Loc] = (["body", "sku"], ["body", "location_code"])
 def lock_order(sku: str, location_code: str) -> tuple[str, str]:
     """The order in which every transaction that locks several stock levels locks them: by
     SKU, then location code. A request's own terms, so that restocks grouped into one commit
-    (``RESTOCK_AT_ONCE``, ``Database.fetchrow``) are put in order before their references are
+    (``RESTOCK``, ``shared.db.group_commit``) are put in order before their references are
     resolved; batches and transfers lock in the same order, so no two transactions ever wait
     on each other's levels in a cycle (a deadlock, which PostgreSQL breaks only after
     ``deadlock_timeout``, a second, by failing one of them)."""
@@ -138,19 +137,22 @@ def lock_order(sku: str, location_code: str) -> tuple[str, str]:
 # --- restock -----------------------------------------------------------------------------------
 
 # The work of a restock, as CTEs reading the caller from ``actor``: resolve, upsert the level,
-# append the ledger row, write the audit event (``shared.audit.events.event_payload``'s shape,
+# append the ledger row, write the audit event (``shared.audit.events.event_payload_sql``,
 # built here, where the movement's id and the caller are known). No row when the SKU or
 # location is unknown (or the product archived): nothing is written, and the general way then
 # says which. $1 sku, $2 location code, $3 quantity, $4 reference, $5 note, $6 request id,
 # $7 the job's max attempts.
 _RESTOCK_EVENT = AUDIT_JOB_INSERT.format(
-    payload="""jsonb_build_object(
-        'action', 'inventory.restocked', 'subject', 'product:' || $1::text,
-        'skus', jsonb_build_array($1::text),
-        'payload', jsonb_build_object(
+    payload=event_payload_sql(
+        "inventory.restocked",
+        subject="'product:' || $1::text",
+        skus="jsonb_build_array($1::text)",
+        payload="""jsonb_build_object(
             'sku', $1::text, 'quantity', $3::bigint, 'location_code', $2::text,
-            'reference', $4::text, 'note', $5::text, 'movement_id', movement.id),
-        'actor', jsonb_build_object('key_id', actor.key_id::text, 'name', actor.key_name))""",
+            'reference', $4::text, 'note', $5::text, 'movement_id', movement.id)""",
+        key_id="actor.key_id",
+        key_name="actor.key_name",
+    ),
     max_attempts="$7",
     request_id="$6",
     actor_key_id="actor.key_id",
@@ -176,13 +178,6 @@ target AS (
     RETURNING id, created_at
 ), event AS ({_RESTOCK_EVENT})"""
 _RESTOCK_PARAMS = 7
-
-# Inside a unit of work: the caller as parameters.
-_RESTOCK = f"""
-WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}
-SELECT movement.id, movement.created_at, level.quantity, level.updated_at, event.id AS job_id
-FROM level, movement, event
-"""
 
 # The answer as ``RestockResult`` serialises it, for the statement that does it all at once.
 _RESTOCK_ANSWER = (
@@ -215,11 +210,17 @@ _RESTOCK_ANSWER = _RESTOCK_ANSWER.format(
             "audit_job",
             json_text.obj(
                 ("id", json_text.uuid("event.id")),
-                ("status_url", json_text.string(f"'{JOB_PATH}' || event.id")),
+                ("status_url", json_text.string(f"'{job_path('')}' || event.id")),
             ),
         ),
     )
 )
+
+# Inside a unit of work: the caller as parameters.
+_RESTOCK = f"""
+WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}, {_RESTOCK_ANSWER}
+SELECT answer.body, answer.job_id FROM answer
+"""
 
 
 def _restock_params(
@@ -236,8 +237,9 @@ def _restock_params(
     )
 
 
-RESTOCK_AT_ONCE = idempotency.at_once(
+RESTOCK = idempotency.one_statement_mutation(
     Scope.inventory_write,
+    RestockLine,
     _RESTOCK_WORK,
     _RESTOCK_PARAMS,
     _RESTOCK_ANSWER,
@@ -246,10 +248,13 @@ RESTOCK_AT_ONCE = idempotency.at_once(
     lambda line: lock_order(line.sku, line.location_code),
     JobKind.audit.value,
 )
-"""``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``)."""
+"""``POST /inventory/restock`` in one statement (``shared.idempotency.one_statement_mutation``).
+"""
 
 
-async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
+async def restock(uow: UnitOfWork, line: RestockLine) -> bytes:
+    """Receive stock, inside a unit of work: the answer as JSON (``RestockResult``'s), rendered
+    by the statement as ``RESTOCK``'s is (one rendering)."""
     row = await uow.conn.fetchrow(
         _RESTOCK,
         *_restock_params(line, uow.actor.request_id, uow.job_max_tries),
@@ -259,26 +264,9 @@ async def restock(uow: UnitOfWork, line: RestockLine) -> RestockResult:
     if row is None:
         await _resolve(uow.conn, [(line.sku, line.location_code)], [_LINE_FIELDS])
         raise AssertionError("restock wrote nothing for a resolvable reference")  # unreachable
-    job_id = row["job_id"]
-    uow.new_jobs.append(NewJob(id=job_id, kind=JobKind.audit.value))
-    return RestockResult(
-        movement=Movement(
-            id=row["id"],
-            sku=line.sku,
-            location_code=line.location_code,
-            delta=line.quantity,
-            reason="restock",
-            reference=line.reference,
-            created_at=row["created_at"],
-        ),
-        stock=StockLevel(
-            sku=line.sku,
-            location_code=line.location_code,
-            quantity=row["quantity"],
-            updated_at=row["updated_at"],
-        ),
-        audit_job=JobLink.for_job(job_id),
-    )
+    uow.new_jobs.append(NewJob(id=row["job_id"], kind=JobKind.audit.value))
+    body: str = row["body"]
+    return body.encode()
 
 
 # Increments for many (product, location) pairs, locked in the order given (``lock_order``).

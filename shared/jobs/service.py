@@ -27,6 +27,7 @@ from shared.jobs.kinds import FINISHED_STATUSES, JobKind, JobStatus
 from shared.jobs.outbox import create_job
 from shared.jobs.schemas import Job, JobLinks, QueuedJob, QueueStats
 from shared.pagination import InvalidCursor, Page, decode_cursor, encode_cursor
+from shared.urls import job_path, report_path
 
 LEASE_SECONDS = 15
 # The worker's own statements on jobs are short: one that takes longer is stuck (a half-open
@@ -43,14 +44,14 @@ _COLUMNS = (
 
 def _job(row: Any) -> Job:
     data = dict(row)
-    base = f"/api/v1/jobs/{data['id']}"
+    base = job_path(data["id"])
     status = JobStatus(data["status"])
     links = JobLinks(
         self=base,
         cancel=f"{base}/cancel" if status not in FINISHED_STATUSES else None,
         retry=f"{base}/retry" if status in (JobStatus.failed, JobStatus.cancelled) else None,
-        retry_of=f"/api/v1/jobs/{data['retry_of']}" if data["retry_of"] else None,
-        report=f"/api/v1/reports/{data['id']}" if data["kind"] == JobKind.report else None,
+        retry_of=job_path(data["retry_of"]) if data["retry_of"] else None,
+        report=report_path(data["id"]) if data["kind"] == JobKind.report else None,
     )
     return Job(**data, links=links)
 

@@ -23,6 +23,7 @@ from shared.reports.schemas import (
     job_payload,
 )
 from shared.reports.storage import PART_CHART, PART_FILE
+from shared.urls import job_path, report_path
 
 
 class ReportNotReady(Conflict):
@@ -72,10 +73,10 @@ async def request_report(
 
 
 def _links(report_id: uuid.UUID) -> ReportLinks:
-    base = f"/api/v1/reports/{report_id}"
+    base = report_path(report_id)
     return ReportLinks(
         self=base,
-        job=f"/api/v1/jobs/{report_id}",
+        job=job_path(report_id),
         download=f"{base}/download",
         chart=f"{base}/chart.png",
     )
@@ -134,7 +135,7 @@ async def open_file(conn: Connection, report_id: uuid.UUID, *, chart: bool = Fal
         raise NotFound(f"no report {report_id}")
     if row["status"] != JobStatus.complete or row["blob_id"] is None:
         raise ReportNotReady(
-            f"report {report_id} is {row['status']}; poll /api/v1/jobs/{report_id} until it is"
+            f"report {report_id} is {row['status']}; poll {job_path(report_id)} until it is"
             " complete",
             report_status=row["status"],
         )

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
+from api.middleware import BodySizeLimitMiddleware
 from shared.db.database import Database
 from tests.conftest import Env, count
 
@@ -112,3 +115,29 @@ async def test_the_apis_connections_carry_its_limits(app: Any) -> None:
             " current_setting('application_name') AS name"
         )
     assert dict(settings) == {"statement": "30s", "idle": "1min", "name": "stockroom-api"}
+
+
+async def test_a_path_named_larger_takes_a_larger_body() -> None:
+    """An upload route (a CSV import, say) gets its own limit; every other path keeps the
+    general one, by Content-Length or as the body streams in."""
+
+    async def size(scope: Scope, receive: Receive, send: Send) -> None:
+        received, more = 0, True
+        while more:
+            message = await receive()
+            received += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await Response(str(received))(scope, receive, send)
+
+    app = BodySizeLimitMiddleware(size, max_bytes=10, larger={"/upload": 100})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.post("/upload", content=b"x" * 50)).text == "50"
+        assert (await c.post("/upload", content=b"x" * 101)).status_code == 413
+        assert (await c.post("/other", content=b"x" * 50)).status_code == 413
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                yield b"x" * 10
+
+        assert (await c.post("/other", content=chunks())).status_code == 413
+        assert (await c.post("/upload", content=chunks())).text == "50"

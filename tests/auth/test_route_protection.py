@@ -8,10 +8,11 @@ import re
 import httpx
 import pytest
 
-from api.app import API_PREFIX, create_app
+from api.app import create_app
 from shared.auth import service as keys_service
 from shared.auth.keys import ALL_SCOPES
 from shared.db.database import Database
+from shared.urls import API_PREFIX
 from tests.conftest import Env, KeyFactory
 
 OPEN_PATHS = {

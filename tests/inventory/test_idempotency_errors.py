@@ -87,7 +87,7 @@ async def test_a_failed_request_is_remembered_before_its_key_is_released(
     assert (again.status_code, again.headers.get("idempotent-replayed")) == (409, "true"), (
         "a retry with the same Idempotency-Key must replay the first answer (409"
         f" insufficient-stock); it ran the request again and got {again.status_code}:"
-        " api/deps.py released the key before storing the error"
+        " the unit of work released the key before storing the error"
     )
     assert again.content == first.content
 

@@ -1,6 +1,6 @@
-"""``POST /inventory/restock`` in one statement (``shared.idempotency.at_once``): the happy
-path is a single round trip; its answer is the model's; anything else falls back to the
-general way, which the other inventory tests hold to SPEC."""
+"""``POST /inventory/restock`` in one statement (``shared.idempotency.one_statement_mutation``):
+the happy path is a single round trip; its answer is the model's; anything else falls back to
+the general way, which the other inventory tests hold to SPEC."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from prometheus_client import REGISTRY
 from shared import idempotency
 from shared.auth.keys import parse_token
 from shared.db.database import Database
+from shared.db.group_commit import GroupCommitter
 from shared.inventory import service
 from shared.inventory.schemas import JobLink, Movement, RestockLine, RestockResult, StockLevel
+from tests.conftest import Env
 from tests.inventory.helpers import (
     RESTOCK,
     assert_ledger_consistent,
@@ -138,47 +140,48 @@ async def test_the_answer_is_the_models(
 
 
 async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
-    client: httpx.AsyncClient, admin: dict[str, str], db: Database
+    client: httpx.AsyncClient, admin: dict[str, str], db: Database, env: Env
 ) -> None:
     """The statement's snapshot predates its writes; a record of the same key committed in
     between (by a request that, unlike this one, took no lock: the widest window) meets the
     key's unique index: the whole statement is undone and ``None`` sends the caller the
     general way, which replays that record."""
     await make_product(client, admin, "RACE-1")
-    material = parse_token(admin["Authorization"].removeprefix("Bearer "))
-    assert material is not None
+    key_token = parse_token(admin["Authorization"].removeprefix("Bearer "))
+    assert key_token is not None
     line = RestockLine(sku="RACE-1", quantity=5)
     before = await snapshot(db)
-    async with db.pool.acquire() as holder, db.pool.acquire() as conn:
-        key_id = await holder.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
-        pid = await conn.fetchval("SELECT pg_backend_pid()")
-        tx = holder.transaction()
-        await tx.start()
-        await holder.execute(
-            "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, status_code, headers,"
-            " body) VALUES ($1, 'race', '\\x00', 201, '{}', '\\x7b7d')",
-            key_id,
-        )
-        run = asyncio.create_task(
-            idempotency.run_at_once(
-                conn.fetchrow,
-                service.RESTOCK_AT_ONCE,
-                service.RESTOCK_AT_ONCE.params(line, None, 5),
-                material,
-                "race",
-                b"\x01",
+    own = await Database.connect(env.database_url, pool_size=1)
+    committer: GroupCommitter[Any] = GroupCommitter(own, service.RESTOCK.sql)
+    try:
+        async with db.pool.acquire() as holder:
+            key_id = await holder.fetchval("SELECT id FROM api_keys WHERE name = 'admin'")
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute(
+                "INSERT INTO idempotency_keys (api_key_id, key, fingerprint, status_code,"
+                " headers, body) VALUES ($1, 'race', '\\x00', 201, '{}', '\\x7b7d')",
+                key_id,
             )
-        )
-
-        async def blocked_on_the_key() -> bool:
-            waiting = await holder.fetchval(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+            run = asyncio.create_task(
+                idempotency.run_one_statement(
+                    committer, service.RESTOCK, line, None, 5, key_token, "race", b"\x01"
+                )
             )
-            return bool(waiting == "Lock")
 
-        await eventually(blocked_on_the_key)
-        await tx.commit()
-        assert await run is None
+            async def blocked_on_the_key() -> bool:
+                waiting = await holder.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return bool(waiting == 1)
+
+            await eventually(blocked_on_the_key)
+            await tx.commit()
+            assert await run is None
+    finally:
+        await committer.close()
+        await own.close()
     after = await snapshot(db)
     assert (after.levels, after.movements, after.jobs) == (
         before.levels,
@@ -187,54 +190,13 @@ async def test_a_record_committed_after_the_snapshot_undoes_the_statement(
     )
 
 
-# --- the lane: the statement served before the framework's stack (api.lanes) ----------------
-
-ORIGIN = {"Origin": "https://erp.example"}  # the lane leaves such requests to the framework
+# --- what the statement does not write, the general way answers ------------------------------
 
 
-def _shape(value: Any) -> Any:
-    """A JSON value with its leaves reduced to their types: what two answers share."""
-    if isinstance(value, dict):
-        return {k: _shape(v) for k, v in value.items()}
-    return type(value).__name__
-
-
-async def test_the_lane_answers_as_the_framework_does(
-    client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
-) -> None:
-    await make_product(client, admin, "LANE-1")
-    body = {"sku": "LANE-1", "quantity": 2, "reference": "PO-1"}
-    await cleared(statements)
-    lane = await client.post(RESTOCK, json=body, headers={**admin, "Idempotency-Key": "l1"})
-    framework = await client.post(
-        RESTOCK, json=body, headers={**admin, **ORIGIN, "Idempotency-Key": "f1"}
-    )
-    assert (lane.status_code, framework.status_code) == (201, 201), (lane.text, framework.text)
-    # both the single statement: the framework tries it as the lane does
-    assert (await settled(statements)).count(service.RESTOCK_AT_ONCE.sql) == 2
-    ignore = {"x-request-id"}
-    assert [(k, v) for k, v in lane.headers.items() if k not in ignore] == [
-        ("content-length", str(len(lane.content))),
-        ("content-type", "application/json"),
-    ]
-    assert sorted(lane.headers) == sorted(framework.headers)
-    assert framework.headers["content-type"] == lane.headers["content-type"]
-    assert _shape(lane.json()) == _shape(framework.json())
-    # each key replays its first answer byte for byte, whichever way the retry comes
-    for key, first in (("l1", lane), ("f1", framework)):
-        for extra in ({}, ORIGIN):
-            again = await client.post(
-                RESTOCK, json=body, headers={**admin, **extra, "Idempotency-Key": key}
-            )
-            assert again.status_code == 201
-            assert again.headers["idempotent-replayed"] == "true"
-            assert again.content == first.content
-
-
-async def test_a_request_the_lane_hands_over_runs_the_statement_once(
+async def test_a_request_the_statement_does_not_write_runs_it_once(
     client: httpx.AsyncClient, admin: dict[str, str], statements: list[str], db: Database
 ) -> None:
-    await make_product(client, admin, "LANE-2")
+    await make_product(client, admin, "ONE-2")
     before = await snapshot(db)
     await cleared(statements)
     # an unknown SKU: the statement writes nothing, the general way answers 422
@@ -243,22 +205,21 @@ async def test_a_request_the_lane_hands_over_runs_the_statement_once(
     )
     assert r.status_code == 422, r.text
     sent = await settled(statements)
-    assert sent.count(service.RESTOCK_AT_ONCE.sql) == 1, sent
+    assert sent.count(service.RESTOCK.sql) == 1, sent
     assert len(sent) > 1  # and the general way ran
     after = await snapshot(db)
     assert (after.levels, after.movements) == (before.levels, before.movements)
 
 
-async def test_a_body_of_unknown_length_goes_to_the_framework(
+async def test_a_body_of_unknown_length_is_one_statement_too(
     client: httpx.AsyncClient, admin: dict[str, str], statements: list[str]
 ) -> None:
-    """No Content-Length (chunked): the lane does not read it; the framework, under its body
-    limit, serves the request, the single statement first."""
-    await make_product(client, admin, "LANE-3")
+    """No Content-Length (chunked): read under the body limit, then the single statement."""
+    await make_product(client, admin, "ONE-3")
     await cleared(statements)
 
     async def chunks() -> AsyncIterator[bytes]:
-        yield b'{"sku": "LANE-3", '
+        yield b'{"sku": "ONE-3", '
         yield b'"quantity": 4}'
 
     r = await client.post(
@@ -269,16 +230,16 @@ async def test_a_body_of_unknown_length_goes_to_the_framework(
     assert r.status_code == 201, r.text
     assert "content-length" not in r.request.headers
     assert r.json()["stock"]["quantity"] == 4
-    assert (await settled(statements)).count(service.RESTOCK_AT_ONCE.sql) == 1
+    assert (await settled(statements)).count(service.RESTOCK.sql) == 1
 
 
-async def test_a_client_gone_mid_body_is_answered_by_the_framework(
+async def test_a_client_gone_mid_body_writes_nothing(
     app: Any, client: httpx.AsyncClient, admin: dict[str, str], db: Database
 ) -> None:
     """What arrived before the disconnect parses as a whole restock: it must not count."""
-    await make_product(client, admin, "LANE-4")
+    await make_product(client, admin, "ONE-4")
     before = await snapshot(db)
-    part = b'{"sku": "LANE-4", "quantity": 1}'
+    part = b'{"sku": "ONE-4", "quantity": 1}'
     incoming: list[dict[str, Any]] = [
         {"type": "http.request", "body": part, "more_body": True},
         {"type": "http.disconnect"},
@@ -321,7 +282,7 @@ async def test_a_client_gone_mid_body_is_answered_by_the_framework(
     )
 
 
-# --- restocks waiting for a connection commit together (Database.fetchrow's group commit) ----
+# --- restocks waiting for a connection commit together (their GroupCommitter) ----------------
 
 
 def _groups_run() -> float:
@@ -335,6 +296,7 @@ async def test_restocks_queued_together_commit_as_one_group_each_with_its_own_an
     them as one group. Within it, the same key twice gives one restock and a replay, an
     unknown SKU its 422 (the general way), and each restock its own level after it."""
     db: Database = app.state.stockroom.db
+    committer = app.state.stockroom.group_committer(service.RESTOCK.sql)
     for sku in ("GRP-HOT", "GRP-OTHER"):
         await make_product(client, admin, sku)
 
@@ -353,7 +315,7 @@ async def test_restocks_queued_together_commit_as_one_group_each_with_its_own_an
             asyncio.create_task(post("GRP-NONE", 3, "grp-3")),
             asyncio.create_task(post("GRP-HOT", 4, "grp-4")),
         ]
-        await eventually(lambda: holds(len(db.queued) == 5), what="the five to queue")
+        await eventually(lambda: holds(len(committer.queued) == 5), what="the five to queue")
     other, first, again, unknown, hot = await asyncio.wait_for(asyncio.gather(*requests), 20)
     assert _groups_run() == groups_before + 1
 
