@@ -153,6 +153,7 @@ class QueueStats(Model):
     oldest_queued_age_seconds: float
     redis_ready: int | None = None
     redis_deferred: int | None = None
+    redis_in_progress: int | None = None
 
 
 class WorkerInfo(Model):

@@ -181,10 +181,10 @@ async def signed_in(request: Request, respond: Respond) -> Response:
             if session is None:
                 return sign_in_redirect(request)
             return await respond(ConsoleView(request, state, conn, session))
+    except DATABASE_DOWN:  # DatabaseUnavailable among them: before the other domain errors
+        return database_down_page(request)
     except DomainError as exc:
         return problem_page(request, exc.status, exc.title, exc.detail)
-    except DATABASE_DOWN:
-        return database_down_page(request)
 
 
 async def render(request: Request, template: str, load: Load) -> Response:
