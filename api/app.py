@@ -16,6 +16,7 @@ from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from api.routers import audit, catalog, health, inventory, jobs, ops, reports
+from api.text_guard import TextGuard
 from shared.db.database import Database
 from shared.logs import ACCESS_LOG
 from shared.queue import Queue
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lanes=at_once_lanes(API_PREFIX, [inventory.router]),
         max_bytes=settings.max_body_bytes,
     )
+    # Text PostgreSQL cannot store, refused for every route and lane (api.text_guard).
+    app.add_middleware(TextGuard)
     # Outermost last: the request id wraps the metrics and access log, which log with it.
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)

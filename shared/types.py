@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, ConfigDict, Field, StrictInt
 
 STRICT_INPUT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -59,3 +60,28 @@ NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
 Title = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=200)]
 ShortText = Annotated[str, Field(max_length=100)]
 LongText = Annotated[str, Field(max_length=5000)]
+
+
+def unstorable_text(value: str) -> str | None:
+    """Why PostgreSQL cannot store ``value`` as text (a NUL, a lone surrogate), else ``None``."""
+    if "\x00" in value:
+        return "text must not contain NUL (U+0000)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text must not contain a lone surrogate"
+    return None
+
+
+def storable_instant(value: datetime) -> datetime:
+    """``value`` (aware) in UTC; ``ValueError`` when it has no UTC equivalent that PostgreSQL
+    and Python can both hold (year 0001 at offset +20:27 is year 0 in UTC)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(storable_instant)]
+"""An RFC 3339 timestamp with an offset, returned in UTC: what every ``since``/``until`` takes."""

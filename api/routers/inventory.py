@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime
 
 from api.deps import ConnDep, Mutation, MutationRoute, mutates, requires
 from shared.auth.keys import Scope
@@ -28,6 +27,7 @@ from shared.inventory.schemas import (
     TransferResult,
 )
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from shared.types import Timestamp
 
 router = APIRouter(route_class=MutationRoute, prefix="/inventory", tags=["inventory"])
 
@@ -89,8 +89,8 @@ async def list_movements(
     _: InventoryRead,
     sku: str | None = None,
     location_code: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page[Movement]:

@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku
+from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku, Timestamp
 
 Quantity = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
 Delta = Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)]
@@ -157,5 +157,5 @@ class LowStockItem(BaseModel):
 class MovementFilter(BaseModel):
     sku: str | None = None
     location_code: str | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
