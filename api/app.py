@@ -15,6 +15,7 @@ from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.ratelimit import RateLimiter, RateLimitMiddleware
 from api.routers import audit, catalog, health, inventory, jobs, ops, reports
 from api.text_guard import TextGuard
 from shared.db.database import Database
@@ -36,6 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     database_url = settings.require_database_url()
     redis_url = settings.require_redis_url()
+    limiter = None
+    if settings.rate_limit_requests:
+        limiter = RateLimiter.from_url(
+            redis_url,
+            settings.queue_name,
+            settings.rate_limit_requests,
+            settings.rate_limit_window_seconds,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         queue = Queue.from_url(redis_url, settings.queue_name)
         app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
+        app.state.rate_limiter = limiter
+        if limiter is not None:
+            limiter.start()
         # What start-up built lives as long as the process: keep it out of the collector's
         # full passes (one over the start-up heap paused the loop ~50 ms under load).
         gc.freeze()
@@ -51,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             ACCESS_LOG.flush()
+            if limiter is not None:
+                await limiter.close()
             await queue.close()
             await db.close()
 
@@ -106,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Text PostgreSQL cannot store, refused for every route and lane (api.text_guard).
     app.add_middleware(TextGuard)
+    if limiter is not None:  # outside the lanes: a restock is limited too
+        app.add_middleware(RateLimitMiddleware, limiter=limiter)
     # Outermost last: the request id wraps the metrics and access log, which log with it.
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)

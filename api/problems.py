@@ -53,7 +53,10 @@ def domain_problem(exc: DomainError) -> ProblemResponse:
     extra = dict(exc.extra)
     if isinstance(exc, UnprocessableReference):
         extra["errors"] = [{"loc": exc.loc, "msg": exc.detail, "type": exc.type_slug}]
-    return problem(exc.status, exc.detail, slug=exc.type_slug, title=exc.title, **extra)
+    headers = getattr(exc, "headers", None)  # Retry-After of a 429, say
+    return problem(
+        exc.status, exc.detail, slug=exc.type_slug, title=exc.title, headers=headers, **extra
+    )
 
 
 def validation_problem(errors: list[dict[str, Any]]) -> ProblemResponse:

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=500)
     report_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     report_retention_hours: int = Field(default=24 * 7, ge=1)
+    # per API key; 0 turns limiting off (api.ratelimit)
+    rate_limit_requests: int = Field(default=6000, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # per API key: reports queued or running at once, and bytes of reports kept; 0: no cap
+    report_quota_pending: int = Field(default=4, ge=0)
+    report_quota_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
