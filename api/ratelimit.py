@@ -62,6 +62,7 @@ class RateLimiter:
     _counters: dict[str, _Counter] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _syncing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def from_url(cls, url: str, namespace: str, limit: int, window_seconds: int) -> RateLimiter:
@@ -124,10 +125,13 @@ class RateLimiter:
         self.healthy = True
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(SYNC_INTERVAL)
+        # Stopped by an event, not by cancellation: redis-py can turn a cancellation that
+        # lands mid-command into a TimeoutError, which would leave this loop running.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SYNC_INTERVAL)
             try:
-                await self.sync()
+                await self.sync()  # the last one hands over the last counts
             except Exception:  # never let the loop die: limits would silently stop syncing
                 log.exception("rate limiter: synchronisation failed")
 
@@ -135,12 +139,11 @@ class RateLimiter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
+        self._stopping.set()
         if self._task is not None:
+            # a last sync gives up within REDIS_TIMEOUT (connect, then command)
+            await asyncio.wait({self._task}, timeout=3 * REDIS_TIMEOUT)
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.sync()  # hand over the last counts
         await self.redis.aclose()
 
 
