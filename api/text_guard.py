@@ -6,7 +6,8 @@ either one reaching a statement was a 500. Rather than a check on each field of 
 arrives, before any route, lane or schema sees it:
 
 - the path and the query string (percent-decoded; invalid UTF-8 in a query is refused too,
-  where Starlette would have turned it into U+FFFD silently);
+  where Starlette would have turned it into U+FFFD silently, and so is a parameter given
+  twice, of which it would have taken the last, or one without a name);
 - the body: a NUL byte in any body, and in a JSON body a ``\\u0000`` escape or a ``\\uD800``-
   ``\\uDFFF`` escape that is not half of a pair. Raw bytes needs no check: JSON is UTF-8, and
   invalid UTF-8 (an encoded surrogate included) or a raw control character is already
@@ -54,8 +55,10 @@ def json_text_problem(body: bytes) -> str | None:
 
 
 def query_problem(query: bytes) -> tuple[str, str] | None:
-    """``(parameter, why)`` for a query string holding text PostgreSQL cannot store."""
-    if b"%" not in query and query.isascii():
+    """``(parameter, why)`` for a query string holding text PostgreSQL cannot store, or a
+    parameter twice (no parameter of this API is a list: the framework would take the last
+    one silently)."""
+    if not query:
         return None
     try:
         pairs = parse_qsl(
@@ -63,10 +66,14 @@ def query_problem(query: bytes) -> tuple[str, str] | None:
         )
     except UnicodeDecodeError:
         return "query", "query string is not valid UTF-8"
+    seen = set()
     for name, value in pairs:
         why = unstorable_text(name) or unstorable_text(value)
         if why is not None:
             return name, why
+        if name in seen or not name:
+            return name, "a query parameter has a name and is given once"
+        seen.add(name)
     return None
 
 

@@ -83,5 +83,19 @@ def storable_instant(value: datetime) -> datetime:
         raise ValueError("timestamp out of range") from None
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(storable_instant)]
+_RFC3339_START = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Text shaped as RFC 3339; pydantic alone would also take a number of Unix seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339_START.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with an offset")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(storable_instant)
+]
 """An RFC 3339 timestamp with an offset, returned in UTC: what every ``since``/``until`` takes."""
