@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import problems
+from api import openapi, problems
 from api.deps import AppState
 from api.lanes import AtOnceLanes, at_once_lanes
 from api.metrics import MetricsMiddleware
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json" if docs else None,
     )
     problems.install(app)
+    openapi.install(app)
 
     # Routes are matched in order: the hot ones first.
     app.include_router(health.router)

