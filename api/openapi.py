@@ -10,7 +10,9 @@ a 410); what every route of a kind can answer is declared here, by rule:
   database unreachable);
 - a path parameter: 404; a request body: 400 (an unreadable body) and 413; a POST: 400 (an
   ``Idempotency-Key`` over 255 characters) and 409 (the same key still in flight); an
-  ``If-Match``: 412."""
+  ``If-Match``: 412;
+- links from a created product to its reads, its restock and its update, and from a restock
+  to its audit job and its stock (``LINKS``)."""
 
 from __future__ import annotations
 
@@ -133,6 +135,70 @@ def _complete_operation(path: str, method: str, operation: dict[str, Any]) -> No
             param["description"] = _CURSOR
 
 
+# Links, for clients and for stateful fuzzing (create a product → restock it → read it):
+# (source operation, its status, link name, target operation, parameters, request body).
+_PRODUCT = "/api/v1/catalog/products"
+_RESTOCK = "/api/v1/inventory/restock"
+_SKU = "$response.body#/sku"
+_LEVELS = "/api/v1/inventory/{sku}"
+LINKS: list[tuple[str, str, str, str, dict[str, str], dict[str, Any] | None]] = [
+    (f"post {_PRODUCT}", "201", "GetProduct", f"get {_PRODUCT}/{{sku}}", {"path.sku": _SKU}, None),
+    # one unit at MAIN, as a first receipt
+    (
+        f"post {_PRODUCT}",
+        "201",
+        "Restock",
+        f"post {_RESTOCK}",
+        {},
+        {"sku": _SKU, "quantity": 1, "location_code": "MAIN"},
+    ),
+    (f"post {_PRODUCT}", "201", "GetLevels", f"get {_LEVELS}", {"path.sku": _SKU}, None),
+    (
+        f"post {_PRODUCT}",
+        "201",
+        "UpdateProduct",
+        f"patch {_PRODUCT}/{{sku}}",
+        {"path.sku": _SKU, "header.If-Match": "$response.header.ETag"},
+        None,
+    ),
+    (
+        f"post {_RESTOCK}",
+        "201",
+        "GetAuditJob",
+        "get /api/v1/jobs/{job_id}",
+        {"path.job_id": "$response.body#/audit_job/id"},
+        None,
+    ),
+    (
+        f"post {_RESTOCK}",
+        "201",
+        "GetStock",
+        f"get {_LEVELS}",
+        {"path.sku": "$response.body#/stock/sku"},
+        None,
+    ),
+]
+
+
+def _add_links(paths: dict[str, Any]) -> None:
+    def operation(key: str) -> dict[str, Any] | None:
+        method, _, path = key.partition(" ")
+        found: dict[str, Any] | None = paths.get(path, {}).get(method)
+        return found
+
+    for source, status, name, target, parameters, body in LINKS:
+        source_op, target_op = operation(source), operation(target)
+        if source_op is None or target_op is None or "operationId" not in target_op:
+            continue
+        link: dict[str, Any] = {"operationId": target_op["operationId"]}
+        if parameters:
+            link["parameters"] = parameters
+        if body is not None:
+            link["requestBody"] = body
+        response = source_op["responses"].setdefault(status, {"description": "Created"})
+        response.setdefault("links", {})[name] = link
+
+
 def complete(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` (FastAPI's) completed as the module says; a new dictionary."""
     document = deepcopy(document)
@@ -143,6 +209,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             _complete_operation(path, method, operation)
+    _add_links(document.get("paths", {}))
     readyz = document.get("paths", {}).get("/readyz", {}).get("get")
     if readyz is not None:  # its 503 is its own JSON body, not a problem
         readyz["responses"]["503"] = {

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+)
 
 STRICT_INPUT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -38,16 +46,21 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.01"))
 
 
+# the codes' rule in the schema too (``_check_code`` gives the readable message), so that
+# clients and schema-driven fuzzers can make valid ones
+_CODE = _CODE_RE.pattern
 Sku = Annotated[
     str,
     BeforeValidator(_strip),
-    Field(min_length=3, max_length=32, examples=["WIDGET-42"]),
+    Field(
+        min_length=3, max_length=32, examples=["WIDGET-42"], json_schema_extra={"pattern": _CODE}
+    ),
     AfterValidator(_check_code),
 ]
 LocationCode = Annotated[
     str,
     BeforeValidator(_strip),
-    Field(min_length=1, max_length=16, examples=["MAIN"]),
+    Field(min_length=1, max_length=16, examples=["MAIN"], json_schema_extra={"pattern": _CODE}),
     AfterValidator(_check_code),
 ]
 Money = Annotated[
@@ -55,6 +68,18 @@ Money = Annotated[
     BeforeValidator(_reject_bool),
     Field(gt=0, lt=10_000_000_000, examples=["12.50"]),
     AfterValidator(_money),
+    # what it takes, in standard JSON Schema (pydantic wrote non-standard "gt"/"lt" keys)
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 9_999_999_999.99},
+                {"type": "string", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,2})?$"},
+            ],
+            "description": "A price > 0 with at most 2 decimal places, a number or a string.",
+            "examples": ["12.50"],
+        },
+        mode="validation",
+    ),
 ]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
 Title = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=200)]

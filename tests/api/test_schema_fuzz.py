@@ -10,6 +10,7 @@ so that its negative cases without one (or with a malformed one) are sent as gen
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -24,7 +25,8 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import Env
+from shared.db.database import Database
+from tests.conftest import Env, count
 from tests.servers import api_server
 
 EXAMPLES = int(os.environ.get("STOCKROOM_FUZZ_EXAMPLES", "12"))
@@ -95,3 +97,25 @@ def test_no_operation_answers_outside_its_document(
     answered = [op for op, seen in statuses.items() if any(200 <= s < 300 for s in seen)]
     assert len(authenticated) == len(operations), statuses
     assert len(answered) >= 10, statuses
+
+
+async def test_stateful_sequences_follow_the_links(
+    api_url: str, fuzz_headers: dict[str, str], db: Database
+) -> None:
+    """Sequences built from the document's links (create a product → read it, its levels,
+    restock it, update it with its ETag; a restock → its audit job), every check on every
+    step. Runs the state machine in a thread: it makes blocking calls."""
+    token = fuzz_headers["Authorization"].removeprefix("Bearer ")
+    config = SchemathesisConfig.from_dict(
+        {
+            "auth": {"openapi": {"HTTPBearer": {"bearer": token}}},
+            "checks": {"positive_data_acceptance": {"enabled": False}},
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{api_url}/api/openapi.json", config=config)
+    machine = schema.as_state_machine()
+    await asyncio.to_thread(
+        machine.run, settings=settings(FUZZ_SETTINGS, max_examples=EXAMPLES, stateful_step_count=10)
+    )
+    # the sequences did reach the database: products created (some archived since by a link)
+    assert await count(db, "SELECT count(*) FROM products WHERE sku <> 'FUZZ-1'") > 0
