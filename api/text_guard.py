@@ -5,7 +5,7 @@ either one reaching a statement was a 500. Rather than a check on each field of 
 (one forgotten field is a 500 again), this middleware looks at the request's text as it
 arrives, before any route, lane or schema sees it:
 
-- the path and the query string (percent-decoded; invalid UTF-8 in a query is refused too,
+- the path and the query string (percent-decoded; invalid UTF-8 in either is refused too,
   where Starlette would have turned it into U+FFFD silently, and so is a parameter given
   twice, of which it would have taken the last, or one without a name);
 - the body: a NUL byte in any body, and in a JSON body a ``\\u0000`` escape or a ``\\uD800``-
@@ -21,7 +21,7 @@ The common body has no backslash-u at all: that is one ``in`` test per message."
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,6 +51,18 @@ def json_text_problem(body: bytes) -> str | None:
             paired_low_at = match.end()
         elif 0xDC00 <= code <= 0xDFFF and match.start(1) + len(match[1]) - 1 != paired_low_at:
             return "text must not contain a lone surrogate"
+    return None
+
+
+def path_problem(raw_path: bytes | None) -> str | None:
+    """Why a raw (percent-encoded) path is not UTF-8 text: servers decode it with U+FFFD in
+    place of what is not (uvicorn), so the decoded path alone cannot tell."""
+    if not raw_path or b"%" not in raw_path:
+        return None
+    try:
+        unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "path is not valid UTF-8"
     return None
 
 
@@ -98,7 +110,7 @@ class TextGuard:
             await self.app(scope, receive, send)
 
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
-        why = unstorable_text(scope["path"])
+        why = unstorable_text(scope["path"]) or path_problem(scope.get("raw_path"))
         refused = UnstorableText(["path"], why) if why is not None else None
         if refused is None:
             found = query_problem(scope["query_string"])

@@ -121,6 +121,8 @@ async def test_unstorable_text_in_a_path_or_query_is_422(
         "/api/v1/audit?action=%00",
         "/api/v1/jobs?kind=%00",
         f"{PRODUCTS}/AB%00C",
+        f"{PRODUCTS}/AB%ED%A0%80",  # not UTF-8 (a server decodes it to U+FFFD)
+        f"{PRODUCTS}/AB%C3%28",
         "/api/v1/inventory/AB%00C",
     ]:
         r = await client.get(url, headers=admin)
