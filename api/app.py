@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import console, problems
+from api import console, openapi, problems
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from api.ratelimit import RateLimiter, RateLimitMiddleware
 from api.routers import audit, catalog, health, imports, inventory, jobs, ops, reports
 from api.state import AppState
+from api.text_guard import TextGuard
 from shared.db.database import Database
 from shared.logs import ACCESS_LOG
 from shared.queue import Queue
@@ -34,6 +36,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     database_url = settings.require_database_url()
     redis_url = settings.require_redis_url()
+    limiter = None
+    if settings.rate_limit_requests:
+        limiter = RateLimiter.from_url(
+            redis_url,
+            settings.queue_name,
+            settings.rate_limit_requests,
+            settings.rate_limit_window_seconds,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         queue = Queue.from_url(redis_url, settings.queue_name)
         state = app.state.stockroom = AppState(settings=settings, db=db, queue=queue)
+        app.state.rate_limiter = limiter
+        if limiter is not None:
+            limiter.start()
         # What start-up built lives as long as the process: keep it out of the collector's
         # full passes (one over the start-up heap paused the loop ~50 ms under load).
         gc.freeze()
@@ -55,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             ACCESS_LOG.flush()
+            if limiter is not None:
+                await limiter.close()
             await state.close()
 
     docs = settings.docs_on
@@ -70,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json" if docs else None,
     )
     problems.install(app)
+    openapi.install(app)
 
     # Routes are matched in order: the hot ones first.
     app.include_router(health.router)
@@ -83,16 +99,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     console.install(app)
 
+    _install_middleware(app, settings, limiter)
+    return app
+
+
+def _install_middleware(app: FastAPI, settings: Settings, limiter: RateLimiter | None) -> None:
+    """The plain ASGI middleware every route is wrapped in, innermost first."""
     _allow_origins(app, settings)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         larger={API_PREFIX + imports.IMPORTS_PATH: settings.import_max_bytes},
     )
+    # Text PostgreSQL cannot store, refused for every route (api.text_guard).
+    app.add_middleware(TextGuard)
+    if limiter is not None:
+        app.add_middleware(RateLimitMiddleware, limiter=limiter)
     # Outermost last: the request id wraps the metrics and access log, which log with it.
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
-    return app
 
 
 def _allow_origins(app: FastAPI, settings: Settings) -> None:
@@ -116,5 +141,7 @@ def _allow_origins(app: FastAPI, settings: Settings) -> None:
                 "Retry-After",
                 "X-Request-ID",
                 "Idempotent-Replayed",
+                "RateLimit",
+                "RateLimit-Policy",
             ],
         )

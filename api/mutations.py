@@ -344,7 +344,7 @@ async def _unit_of_work(
             await transaction.rollback()
             raise
         except DomainError as exc:
-            if key is None or exc.status >= 500:
+            if key is None or exc.status >= 500 or exc.status == 429:  # 429: not an answer
                 await transaction.rollback()
                 raise
             try:

@@ -7,7 +7,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     import_max_bytes: int = Field(default=50 * 1000 * 1000, ge=1024)
     log_format: LogFormat | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     worker_shutdown_grace_seconds: int = Field(default=20, ge=0, le=3600)
     db_pool_size: int = Field(default=10, ge=1, le=500)
@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     report_retention_hours: int = Field(default=24 * 7, ge=1)
     # How long an ops console sign-in lasts (api.console); the key is re-checked on every page.
     console_session_hours: int = Field(default=8, ge=1, le=24 * 30)
+    # per API key; 0 turns limiting off (api.ratelimit)
+    rate_limit_requests: int = Field(default=6000, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # per API key: reports queued or running at once, and bytes of reports kept; 0: no cap
+    report_quota_pending: int = Field(default=4, ge=0)
+    report_quota_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -85,6 +91,29 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """A ``whsec_`` secret must decode now, not at the first delivery."""
+        if value is None or not value.get_secret_value():
+            return None
+        from shared.alerts.webhooks import secret_bytes  # httpx and the database: only here
+
+        try:
+            secret_bytes(value.get_secret_value())
+        except ValueError:
+            raise ValueError("a whsec_ secret must be whsec_ followed by base64") from None
         return value
 
     @model_validator(mode="after")

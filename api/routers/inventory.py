@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime
 
 from api.auth import ConnDep, requires
 from api.mutations import Mutation, MutationRoute, mutates
@@ -29,6 +28,7 @@ from shared.inventory.schemas import (
     TransferResult,
 )
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from shared.types import Timestamp
 
 router = APIRouter(route_class=MutationRoute, prefix="/inventory", tags=["inventory"])
 
@@ -90,8 +90,8 @@ async def list_movements(
     _: InventoryRead,
     sku: str | None = None,
     location_code: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page[Movement]:

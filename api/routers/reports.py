@@ -40,14 +40,18 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {
     responses={202: {"description": "Queued; poll the job at `Location`"}},
 )
 async def request_report(
-    body: Annotated[ReportRequest, Body(discriminator="kind")], m: ReportsWrite
+    body: Annotated[ReportRequest, Body(discriminator="kind")], m: ReportsWrite, state: StateDep
 ) -> Response:
     """Queue a report. `kind`: `valuation` (params: optional `category`, `location_code`),
     `movements` (params: `since`, `until` — RFC 3339 with offset, the window is
     `[since, until)` — and optional `sku`, `location_code`), `low_stock` (params: optional
     `category`). `format`: `csv`, `json` or `xlsx`. Answers with the report's job (whose id is
     the report's); poll it, then download."""
-    job = await service.request_report(m.uow, body)
+    quota = service.ReportQuota(
+        pending=state.settings.report_quota_pending,
+        stored_bytes=state.settings.report_quota_bytes,
+    )
+    job = await service.request_report(m.uow, body, quota)
     return await m.respond(202, job, {"Location": job.links.self})
 
 

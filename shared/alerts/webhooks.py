@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,10 +27,29 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 log = logging.getLogger("stockroom.webhooks")
 
 
+WHSEC_PREFIX = "whsec_"
+
+
 def secret_bytes(secret: str) -> bytes:
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
+    """The HMAC key: a ``whsec_<base64>`` secret decoded (strictly: ``ValueError`` for one
+    that is not base64, checked at start-up by the settings), any other as UTF-8 bytes."""
+    if secret.startswith(WHSEC_PREFIX):
+        key = base64.b64decode(secret.removeprefix(WHSEC_PREFIX), validate=True)
+        if not key:
+            raise ValueError("a whsec_ secret needs its base64 key after the prefix")
+        return key
     return secret.encode()
+
+
+def url_for_errors(url: str) -> str:
+    """What of the webhook URL may appear in a job's error: its scheme and host. Its path,
+    query and user info may carry a token, and job errors are readable with ``jobs:read``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
+
+
+def _without_url(text: str, url: str) -> str:
+    return text.replace(url, url_for_errors(url)) if url else text
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -76,12 +96,12 @@ async def deliver(
         response = await client.post(url, content=body, headers=headers, timeout=TIMEOUT)
         status = response.status_code
     except httpx.TransportError as exc:
-        error = f"{type(exc).__name__}: {exc}"[:1000]
+        error = _without_url(f"{type(exc).__name__}: {exc}", url)[:1000]
     finally:
         duration_ms = int((time.monotonic() - started) * 1000)
         await _record_attempt(db, job_id, attempt, url, status, error, duration_ms)
     if status is None:
-        raise TransientJobError(f"delivery to {url} failed: {error}")
+        raise TransientJobError(f"delivery to {url_for_errors(url)} failed: {error}")
     if 200 <= status < 300:
         return {"status_code": status, "webhook_id": message_id}
     if status >= 500 or status in RETRYABLE_STATUSES:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 
 from pydantic import BaseModel, field_serializer, model_validator
 
+from shared.errors import DomainError
 from shared.types import STRICT_INPUT, LongText, Money, NonNegativeInt, ShortText, Sku, Title
 
 
@@ -67,12 +69,27 @@ class Product(BaseModel):
 NOT_NULLABLE_PATCH_FIELDS = ("title", "unit_price", "reorder_point")
 
 
-def parse_etag(value: str) -> tuple[int, int] | None:
-    """``(product id, version)`` from an ETag this API issued (``"12.3"``, optionally ``W/``)."""
-    value = value.strip().removeprefix("W/")
-    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
-        return None
-    ident, _, version = value[1:-1].partition(".")
-    if not (ident.isdigit() and version.isdigit()):
-        return None
-    return int(ident), int(version)
+_ETAG_RE = re.compile(r'(?:W/)?"([0-9]{1,19})\.([0-9]{1,10})"')
+_MAX_BIGINT = 2**63 - 1
+_MAX_VERSION = 2**31 - 1
+
+
+class InvalidETag(DomainError):
+    """An ``If-Match`` this API could not have issued: 422, not a 412 (which says the product
+    changed) and never a number PostgreSQL cannot take."""
+
+    status = 422
+    type_slug = "invalid-etag"
+    title = "Malformed ETag"
+
+
+def parse_etag(value: str) -> tuple[int, int]:
+    """``(product id, version)`` from an ETag this API issued (``"12.3"``, optionally ``W/``):
+    ASCII digits only, the id a bigint and the version an integer; else ``InvalidETag``."""
+    match = _ETAG_RE.fullmatch(value.strip())
+    if match is None:
+        raise InvalidETag('If-Match must be an ETag this API issued, like "12.3", or *')
+    ident, version = int(match[1]), int(match[2])
+    if ident > _MAX_BIGINT or version > _MAX_VERSION:
+        raise InvalidETag("If-Match names a product id or version out of range")
+    return ident, version

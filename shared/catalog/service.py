@@ -81,7 +81,7 @@ def _check_if_match(if_match: str | None, product_id: int | None) -> int | None:
     if if_match is None or if_match.strip() == "*":
         return None
     parsed = parse_etag(if_match)
-    if parsed is None or (product_id is not None and parsed[0] != product_id):
+    if product_id is not None and parsed[0] != product_id:
         raise PreconditionFailed("If-Match does not match the product's current ETag")
     return parsed[1]
 

@@ -6,9 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku
+from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku, Timestamp
 from shared.urls import job_path
 
 Quantity = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
@@ -155,5 +155,5 @@ class LowStockItem(BaseModel):
 class MovementFilter(BaseModel):
     sku: str | None = None
     location_code: str | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from shared.jobs.retry import PermanentJobError, TransientJobError
 from shared.reports import queries, storage
-from shared.reports.render import EXIT_DOES_NOT_FIT
+from shared.reports.render import EXIT_DOES_NOT_FIT, spreadsheet_safe_sql
 from shared.reports.schemas import (
     CONTENT_TYPES,
     REPORT_REQUEST,
@@ -201,12 +201,19 @@ class _CopySink:
                 async with self._pool.acquire() as conn:
                     await conn.execute("SELECT pg_cancel_backend($1)", self._server_pid)
 
-    async def copy_rows(self, conn: Any, definition: queries.Definition) -> int:
+    async def copy_rows(
+        self, conn: Any, definition: queries.Definition, *, for_spreadsheets: bool = False
+    ) -> int:
         """Stream the report's rows into this sink as CSV with one header row, statement by
-        statement (see ``Definition.slices``); returns the number of rows."""
+        statement (see ``Definition.slices``); returns the number of rows. ``for_spreadsheets``:
+        the CSV is the report's file, its text cells neutralised against formula injection
+        (``render.spreadsheet_safe_sql``)."""
         rows = 0
+        query = definition.sql
+        if for_spreadsheets:
+            query = spreadsheet_safe_sql(query, definition.columns)
         for i, args in enumerate(definition.slices()):
-            sql = await queries.inline(conn, definition.sql, args)
+            sql = await queries.inline(conn, query, args)
             try:
                 status: str = await conn.copy_from_query(
                     sql, output=self, format="csv", header=i == 0
@@ -438,7 +445,7 @@ class _Attempt:
             await tracker.feed(data)
 
         sink = _CopySink(self.pool, read_conn.get_server_pid(), to_storage)
-        row_count = await sink.copy_rows(read_conn, self.definition)
+        row_count = await sink.copy_rows(read_conn, self.definition, for_spreadsheets=True)
         return row_count, await summarising
 
     def _converter_header(self) -> dict[str, Any]:

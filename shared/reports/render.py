@@ -67,6 +67,28 @@ def _json_value(kind: str) -> Callable[[str], str]:
     return lambda v: f'"{v}"' if v else "null"
 
 
+# OWASP, CSV injection: a cell a spreadsheet would read as a formula (or whose leading tab or
+# CR it would strip before reading one) gets a leading single quote, so it shows as text.
+_FORMULA_STARTS = "'=', '+', '-', '@', E'\\t', E'\\r'"
+_TEXT_KINDS = ("str", "text")
+
+
+def spreadsheet_safe_sql(sql: str, columns: Sequence[tuple[str, str]]) -> str:
+    """``sql`` (the rows of a CSV report) with its text columns neutralised as OWASP
+    recommends; numbers and dates stay as they are, so a negative number is still a number.
+    Done in the COPY's own statement: PostgreSQL's CSV output stays the file, untouched."""
+    cells = []
+    for name, kind in columns:
+        column = f'q."{name}"'
+        if kind.rstrip("?") in _TEXT_KINDS:
+            column = (
+                f"CASE WHEN left({column}, 1) IN ({_FORMULA_STARTS})"
+                f" THEN '''' || {column} ELSE {column} END AS \"{name}\""
+            )
+        cells.append(column)
+    return f"SELECT {', '.join(cells)} FROM ({sql}) AS q"
+
+
 def write_json(header: dict[str, Any], source: _Input, out: IO[bytes]) -> int:
     """``{kind, generated_at, params, rows: [...], totals: {...}}``, one row per line."""
     columns: list[list[str]] = header["columns"]

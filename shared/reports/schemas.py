@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from shared.jobs.kinds import JobStatus
-from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku
+from shared.types import STRICT_INPUT, LocationCode, ShortText, Sku, Timestamp
 
 
 class ReportKind(StrEnum):
@@ -46,15 +46,10 @@ class MovementsParams(BaseModel):
 
     model_config = STRICT_INPUT
 
-    since: AwareDatetime
-    until: AwareDatetime
+    since: Timestamp
+    until: Timestamp
     sku: Sku | None = None
     location_code: LocationCode | None = None
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _window(self) -> MovementsParams:

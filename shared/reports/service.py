@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from shared.audit.events import record_event
 from shared.db.connection import Connection
@@ -57,12 +58,71 @@ async def _check_references(
         raise UnprocessableReference(f"no product {sku!r}", loc=["body", "params", "sku"])
 
 
+class ReportQuotaExceeded(DomainError):
+    status = 429
+    type_slug = "report-quota-exceeded"
+    title = "Report quota exceeded"
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportQuota:
+    """Per API key: reports queued or running at once (``pending``), and bytes of reports
+    kept, files and charts (``stored_bytes``); 0 is no cap. A key cannot fill the database
+    with reports, nor the workers' queue with them."""
+
+    pending: int = 0
+    stored_bytes: int = 0
+
+
+# Serialises one key's report requests while it counts what the key holds.
+_QUOTA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('stockroom.report-quota:' || $1, 0))"
+_QUOTA_USE = """
+SELECT count(*) FILTER (WHERE j.status IN ('queued', 'in_progress')) AS pending,
+       coalesce(sum(r.size_bytes + r.chart_bytes), 0)::bigint AS stored,
+       extract(epoch FROM min(r.expires_at) - now()) AS first_expiry
+FROM jobs j LEFT JOIN reports r ON r.id = j.id AND r.purged_at IS NULL
+WHERE j.kind = 'report' AND j.actor_key_id = $1
+  AND (j.status IN ('queued', 'in_progress') OR r.id IS NOT NULL)
+"""
+
+
+async def _check_quota(uow: UnitOfWork, quota: ReportQuota) -> None:
+    key_id = uow.actor.key_id
+    if key_id is None or not (quota.pending or quota.stored_bytes):
+        return
+    await uow.conn.execute(_QUOTA_LOCK, str(key_id))
+    use = await uow.conn.fetchrow(_QUOTA_USE, key_id)
+    assert use is not None
+    if quota.pending and use["pending"] >= quota.pending:
+        raise ReportQuotaExceeded(
+            f"this API key has {use['pending']} reports queued or running (at most"
+            f" {quota.pending}); retry once one has finished",
+            retry_after=10,
+            pending=use["pending"],
+        )
+    if quota.stored_bytes and use["stored"] >= quota.stored_bytes:
+        wait = max(60, int(use["first_expiry"] or 0))
+        raise ReportQuotaExceeded(
+            f"this API key's reports hold {use['stored']} bytes (at most {quota.stored_bytes});"
+            " retry when one expires",
+            retry_after=wait,
+            stored_bytes=use["stored"],
+        )
+
+
 async def request_report(
-    uow: UnitOfWork, request: ValuationRequest | MovementsRequest | LowStockRequest
+    uow: UnitOfWork,
+    request: ValuationRequest | MovementsRequest | LowStockRequest,
+    quota: ReportQuota | None = None,
 ) -> Job:
     """Queue the report: its job (whose id is the report's) and the request's audit event,
-    in the caller's transaction."""
+    in the caller's transaction; 429 when the key's ``quota`` is used up."""
     await _check_references(uow.conn, request)
+    await _check_quota(uow, quota or ReportQuota())
     payload = job_payload(request)
     job_id = await create_job(uow, JobKind.report, payload, uow.job_max_tries)
     skus = [payload["params"]["sku"]] if "sku" in payload["params"] else []

@@ -15,9 +15,10 @@ from shared.db.database import Database
 from shared.jobs.schemas import QueuedJob
 from shared.queue import Queue
 from tests.conftest import Env, count
+from tests.servers import PrivateRedis
 from tests.waiting import eventually
 from tests.worker.receiver import Receiver
-from tests.worker_support import PrivateRedis, WorkerFactory, create_low_stock_jobs, wait_complete
+from tests.worker_support import WorkerFactory, create_low_stock_jobs, wait_complete
 
 
 async def test_mutations_during_a_redis_outage_are_audited_exactly_once(

@@ -10,9 +10,9 @@ from pathlib import Path
 from shared.db.database import Database
 from shared.embedded import free_port
 from tests.conftest import count
+from tests.servers import PrivateRedis
 from tests.worker.receiver import Receiver
 from tests.worker_support import (
-    PrivateRedis,
     WorkerFactory,
     create_low_stock_jobs,
     wait_complete,
