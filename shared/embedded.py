@@ -514,7 +514,7 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def _ensure_database(self) -> None:
         create = (
-            f"SELECT 'CREATE DATABASE {self.database}' WHERE NOT EXISTS"
+            f"SELECT 'CREATE DATABASE {self.database}' WHERE NOT EXISTS"  # noqa: S608
             f" (SELECT 1 FROM pg_database WHERE datname = '{self.database}')\\gexec\n"
         )
         argv = [

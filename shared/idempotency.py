@@ -73,7 +73,7 @@ FROM caller c
 LEFT JOIN idempotency_keys s
        ON s.api_key_id = c.id AND s.key = $2::text
       AND s.created_at > now() - interval '{RETENTION}'
-"""
+"""  # noqa: S608
 
 
 class KeyStoredMeanwhile(IdempotencyKeyInFlight):
@@ -145,7 +145,7 @@ async def store(
             headers = excluded.headers, body = excluded.body, created_at = now()
         WHERE k.created_at <= now() - interval '{RETENTION}'
         RETURNING 1
-        """,
+        """,  # noqa: S608
         api_key_id,
         key,
         request_digest,
@@ -164,7 +164,7 @@ async def purge_expired(conn: Connection, batch: int = 5000) -> int:
         DELETE FROM idempotency_keys WHERE ctid IN (
             SELECT ctid FROM idempotency_keys
             WHERE created_at <= now() - interval '{RETENTION}' LIMIT $1)
-        """,
+        """,  # noqa: S608
         batch,
     )
     return int(result.split()[-1])
@@ -239,7 +239,7 @@ SELECT done.* FROM (SELECT) AS one LEFT JOIN (
     SELECT actor.key_id, actor.key_name, caller.scopes, answer.body, answer.job_id
     FROM actor, caller, answer
 ) AS done ON true
-"""
+"""  # noqa: S608
     return OneStatementMutation(scope, sql, status_code, body, params, order, job_kind)
 
 

@@ -127,7 +127,7 @@ SELECT g, product_id, location_id, reason,
            + make_interval(secs => (g + 1)::float8 / ($4::bigint + 1) * {HISTORY_DAYS} * 86400)
            AS created_at
 FROM typed
-"""
+"""  # noqa: S608
 
 # Per product x location (the first $4 of them, in id order): the opening balance covers every
 # decrease that follows it, plus a base of 1..25 (1..3 for slow movers).
@@ -148,7 +148,7 @@ LEFT JOIN (
 WHERE p.id >= $1::bigint AND p.id < $1::bigint + $2::bigint
 ORDER BY p.id, l.id
 LIMIT $4::bigint
-"""
+"""  # noqa: S608
 
 
 def _coprime_step(n: int) -> int:
@@ -312,7 +312,7 @@ async def _seed_ledger(
         SELECT product_id, location_id, opening, 'restock', 'seed-opening',
                now() - interval '{HISTORY_DAYS} days'
         FROM seed_pairs ORDER BY product_id, location_id
-        """
+        """  # noqa: S608
     )
     await conn.execute(
         """

@@ -73,10 +73,10 @@ def caller_sql(
     SELECT k.id, k.name, k.scopes, {locked} AS locked
     FROM api_keys k
     WHERE k.prefix = {prefix}::text AND k.revoked_at IS NULL
-      AND k.secret_hash = {secret_hash}::bytea"""
+      AND k.secret_hash = {secret_hash}::bytea"""  # noqa: S608
 
 
-_AUTH_SQL = f"WITH caller AS ({caller_sql('$1', '$2')}) SELECT id, name, scopes FROM caller"
+_AUTH_SQL = f"WITH caller AS ({caller_sql('$1', '$2')}) SELECT id, name, scopes FROM caller"  # noqa: S608
 
 
 def principal_of(row: asyncpg.Record) -> Principal:

@@ -40,7 +40,7 @@ async def create_product(uow: UnitOfWork, data: ProductCreate) -> Product:
         VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (sku) DO NOTHING
         RETURNING {_COLUMNS}
-        """,
+        """,  # noqa: S608
         data.sku,
         data.title,
         data.unit_price,
@@ -68,9 +68,8 @@ async def create_product(uow: UnitOfWork, data: ProductCreate) -> Product:
 
 
 async def get_product(conn: Connection, sku: str) -> Product:
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM products p WHERE p.sku = $1 AND p.archived_at IS NULL", sku
-    )
+    sql = f"SELECT {_COLUMNS} FROM products p WHERE p.sku = $1 AND p.archived_at IS NULL"  # noqa: S608
+    row = await conn.fetchrow(sql, sku)
     if row is None:
         raise NotFound(f"no product with SKU {sku}")
     return _product(row)
@@ -107,7 +106,7 @@ async def update_product(
         UPDATE products AS p SET {assignments}, version = p.version + 1, updated_at = now()
         WHERE p.id = $1 AND p.archived_at IS NULL AND ($2::int IS NULL OR p.version = $2)
         RETURNING {_COLUMNS}
-        """,
+        """,  # noqa: S608
         product_id,
         expected_version,
         *changes.values(),

@@ -53,7 +53,7 @@ SELECT w.start,
 FROM ev, w
 WHERE ev.at < w.start + interval '{CHART_MINUTES} minutes'
 GROUP BY w.start, 2
-"""
+"""  # noqa: S608
 
 
 _MINUTE = timedelta(minutes=1)

@@ -67,7 +67,7 @@ SELECT s.id, k.id AS key_id, k.name, k.scopes
 FROM console_sessions s JOIN api_keys k ON k.id = s.key_id
 WHERE s.token_hash = $1 AND s.expires_at > now()
   AND k.revoked_at IS NULL AND '{Scope.admin.value}' = ANY(k.scopes)
-"""
+"""  # noqa: S608
 
 
 async def find_session(conn: Connection, token: str) -> ConsoleSession | None:

@@ -176,7 +176,7 @@ target AS (
            actor.key_id, $6::text
     FROM level, actor
     RETURNING id, created_at
-), event AS ({_RESTOCK_EVENT})"""
+), event AS ({_RESTOCK_EVENT})"""  # noqa: S608
 _RESTOCK_PARAMS = 7
 
 # The answer as ``RestockResult`` serialises it, for the statement that does it all at once.
@@ -220,7 +220,7 @@ _RESTOCK_ANSWER = _RESTOCK_ANSWER.format(
 _RESTOCK = f"""
 WITH actor AS (SELECT $8::uuid AS key_id, $9::text AS key_name), {_RESTOCK_WORK}, {_RESTOCK_ANSWER}
 SELECT answer.body, answer.job_id FROM answer
-"""
+"""  # noqa: S608
 
 
 def _restock_params(

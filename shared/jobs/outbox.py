@@ -29,7 +29,7 @@ def job_insert(values: dict[str, str], source: str | None = None) -> str:
     by column (parameters, or columns of ``source`` when a hot path writes its event in the
     statement that makes the change; a column not given is NULL). Returns the job's ``id``."""
     return (
-        f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)})"
+        f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)})"  # noqa: S608
         f" SELECT {', '.join(values.get(column, 'NULL') for column in JOB_COLUMNS)}"
         + (f" FROM {source}" if source else "")
         + " RETURNING id"

@@ -67,7 +67,7 @@ def backoff_seconds(attempt: int, rng: random.Random | None = None) -> float:
 
 
 async def get_job(conn: Connection, job_id: uuid.UUID) -> Job:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)  # noqa: S608
     if row is None:
         raise NotFound(f"no job {job_id}")
     return _job(row)
@@ -111,7 +111,7 @@ async def list_jobs(
         {"WHERE " + " AND ".join(where) if where else ""}
         ORDER BY created_at DESC, id DESC
         LIMIT ${len(args)}
-        """,
+        """,  # noqa: S608
         *args,
     )
     items = [_job(r) for r in rows[:limit]]
@@ -133,7 +133,7 @@ async def cancel_job(uow: UnitOfWork, job_id: uuid.UUID) -> Job:
             cancel_requested = true
         WHERE id = $1 AND status IN ('queued', 'in_progress') AND kind <> 'audit'
         RETURNING {_COLUMNS}
-        """,
+        """,  # noqa: S608
         job_id,
     )
     if row is None:
@@ -218,7 +218,7 @@ SELECT j.kind, j.status, count(*) AS count,
 FROM jobs j, LATERAL (SELECT j.status IN ('complete', 'failed')
                           AND j.started_at IS NOT NULL AND j.finished_at IS NOT NULL) t(timed)
 GROUP BY j.kind, j.status
-"""
+"""  # noqa: S608
 
 
 async def job_record_stats(conn: Connection) -> list[JobRecordStats]:
@@ -290,7 +290,7 @@ FROM unnest($1::uuid[], $2::int[]) AS c(id, generation)
 WHERE j.id = c.id AND j.generation = c.generation AND j.status = 'queued'
   AND NOT j.cancel_requested AND j.kind <> 'audit'
 RETURNING {_CLAIMED}
-"""
+"""  # noqa: S608
 
 
 async def claim(conn: Connection, worker_id: str, leases: list[Lease]) -> list[ClaimedJob]:
@@ -318,7 +318,7 @@ async def renew_leases(
         WHERE j.id = l.id AND j.generation = l.generation AND j.worker_id = $3
           AND j.status = 'in_progress'
         RETURNING j.id, j.cancel_requested
-        """,
+        """,  # noqa: S608
         [job_id for job_id, _ in leases],
         [generation for _, generation in leases],
         worker_id,
@@ -332,7 +332,7 @@ _OURS = "id = $1 AND generation = $2 AND worker_id = $3 AND status = 'in_progres
 
 async def set_progress(conn: Connection, lease: Lease, worker_id: str, percent: int) -> None:
     await conn.execute(
-        f"UPDATE jobs SET progress = $4 WHERE {_OURS}",
+        f"UPDATE jobs SET progress = $4 WHERE {_OURS}",  # noqa: S608
         *lease,
         worker_id,
         max(0, min(100, percent)),
@@ -365,7 +365,7 @@ async def complete_many(
 
 async def fail(conn: Connection, lease: Lease, worker_id: str, error: str) -> None:
     await conn.execute(
-        "UPDATE jobs SET status = 'failed', error = $4, finished_at = now(), lease_until = NULL"
+        "UPDATE jobs SET status = 'failed', error = $4, finished_at = now(), lease_until = NULL"  # noqa: S608
         f" WHERE {_OURS}",
         *lease,
         worker_id,
@@ -376,7 +376,7 @@ async def fail(conn: Connection, lease: Lease, worker_id: str, error: str) -> No
 
 async def mark_cancelled(conn: Connection, lease: Lease, worker_id: str) -> None:
     await conn.execute(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL"
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_until = NULL"  # noqa: S608
         f" WHERE {_OURS}",
         *lease,
         worker_id,
@@ -407,7 +407,7 @@ async def schedule_retry(
             run_after = now() + make_interval(secs => $5), generation = generation + 1
         WHERE {_OURS}
         RETURNING {_QUEUED}
-        """,
+        """,  # noqa: S608
         *lease,
         worker_id,
         error[:4000],
@@ -457,7 +457,7 @@ async def reclaim_expired(conn: Connection) -> list[QueuedJob]:
             run_after = now()
         WHERE status = 'in_progress' AND kind <> 'audit' AND lease_until < now()
         RETURNING {_QUEUED}
-        """,
+        """,  # noqa: S608
         timeout=STATEMENT_TIMEOUT_SECONDS,
     )
     return [_queued(r) for r in rows if r["status"] == JobStatus.queued]
@@ -470,7 +470,7 @@ SELECT {_QUEUED} FROM jobs
 WHERE status = 'queued' AND kind <> 'audit' AND (run_after, id) > ($1::timestamptz, $2::uuid)
 ORDER BY run_after, id
 LIMIT $3
-"""
+"""  # noqa: S608
 _BEFORE_ANY = (datetime.min.replace(tzinfo=UTC), uuid.UUID(int=0))
 
 

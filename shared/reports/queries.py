@@ -94,7 +94,7 @@ FROM (
 ) a
 JOIN products p ON p.id = a.product_id
 ORDER BY a.day, p.sku
-"""
+"""  # noqa: S608
 _MOVEMENTS_TOTALS = f"""
 SELECT (m.created_at AT TIME ZONE 'UTC')::date AS day,
        coalesce(sum(m.delta) FILTER (WHERE m.delta > 0), 0)::bigint AS "in",
@@ -104,7 +104,7 @@ FROM movements m
 {_MOVEMENTS_WHERE}
 GROUP BY 1
 ORDER BY 1
-"""
+"""  # noqa: S608
 MOVEMENTS_COLUMNS = [
     ("day", "date"),
     ("sku", "str"),
@@ -139,7 +139,7 @@ SELECT sku, title, category, on_hand, reorder_point, shortfall, suggested_order_
        unit_price, suggested_order_quantity * unit_price AS order_value
 FROM rows
 ORDER BY sku
-"""
+"""  # noqa: S608
 _LOW_STOCK_TOTALS = f"""{_LOW_STOCK_BASE}
 SELECT GROUPING(category) AS overall, category, count(*) AS products,
        coalesce(sum(shortfall), 0)::bigint AS shortfall,
@@ -148,13 +148,13 @@ SELECT GROUPING(category) AS overall, category, count(*) AS products,
 FROM rows
 GROUP BY GROUPING SETS ((category), ())
 ORDER BY 1 DESC, 2
-"""
+"""  # noqa: S608
 _LOW_STOCK_TOP = f"""{_LOW_STOCK_BASE}
 SELECT sku, on_hand, reorder_point, shortfall, suggested_order_quantity
 FROM rows
 ORDER BY shortfall DESC, suggested_order_quantity DESC, sku
 LIMIT {LOW_STOCK_CHART_TOP}
-"""
+"""  # noqa: S608
 LOW_STOCK_COLUMNS = [
     ("sku", "str"),
     ("title", "text"),
