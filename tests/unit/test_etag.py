@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.catalog.schemas import Product, parse_etag
+from shared.catalog.schemas import InvalidETag, Product, parse_etag
 
 ids = st.integers(min_value=1, max_value=2**31 - 1)
 
@@ -36,7 +36,14 @@ def test_weak_and_padded_forms_match(product_id: int, version: int) -> None:
 @pytest.mark.parametrize(
     "value",
     ["", '"', '""', "12.3", '"12"', '"12."', '".3"', '"a.3"', '"12.3.4"', '"-1.3"', '"1.-3"',
-     "'12.3'", '"12.3', 'W/12.3', "*"],
+     "'12.3'", '"12.3', 'W/12.3', "*", '"1.\u00b2"', '"\u0661.2"', '"1.2147483648"',
+     '"9223372036854775808.1"', '"' + "9" * 5000 + '.1"'],
 )  # fmt: skip
 def test_anything_else_is_not_an_etag_of_ours(value: str) -> None:
-    assert parse_etag(value) is None
+    with pytest.raises(InvalidETag):
+        parse_etag(value)
+
+
+@given(ids)
+def test_the_largest_version_and_id_still_parse(version: int) -> None:
+    assert parse_etag(f'"{2**63 - 1}.{version}"') == (2**63 - 1, version)
