@@ -14,15 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
+from subprocess import Popen
 
 import httpx
 import redis
 
 from shared.embedded import free_port
-from tests.waiting import eventually
+from tests.waiting import answers, eventually
 
 
 def _docker_works() -> bool:
@@ -107,10 +108,11 @@ class PrivateRedis:
             self.proc = None
 
 
-@asynccontextmanager
-async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[str]:
-    """``stockroom api`` (with ``args``) on a free port, once it answers: its base URL.
-    SIGTERM at the end; SIGKILL if a client's kept-alive connection holds it past 15 s."""
+@contextmanager
+def api_process(process_env: dict[str, str], *args: str) -> Iterator[tuple[str, Popen[bytes]]]:
+    """``stockroom api`` (with ``args``) started on a free port: its base URL and process (not
+    waited for: see ``api_answers``). SIGTERM at the end; SIGKILL if a client's kept-alive
+    connection holds it past 15 s."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "api", "--port", str(port), *args],
@@ -118,18 +120,8 @@ async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[s
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=60, what="the API to answer")
-        yield base
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -137,3 +129,17 @@ async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+async def api_answers(base: str) -> None:
+    """Wait until the API process at ``base`` answers ``/healthz``."""
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        await eventually(lambda: answers(client), timeout=60, what="the API to answer")
+
+
+@asynccontextmanager
+async def api_server(process_env: dict[str, str], *args: str) -> AsyncIterator[str]:
+    """``stockroom api`` (with ``args``) on a free port, once it answers: its base URL."""
+    with api_process(process_env, *args) as (base, _):
+        await api_answers(base)
+        yield base

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 
 import httpx
 
 from shared.db.database import Database
-from shared.embedded import free_port
 from tests.conftest import Env
 from tests.inventory.helpers import RESTOCK, make_product
+from tests.servers import api_answers, api_process
 from tests.waiting import eventually, holds
 
 CLIENTS = 6
@@ -53,35 +51,15 @@ async def test_sigterm_under_load_answers_what_is_in_flight_and_loses_nothing(
     env: Env, admin: dict[str, str], client: httpx.AsyncClient, db: Database
 ) -> None:
     await make_product(client, admin, SKU)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
-        env=env.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
     outcomes = Outcomes()
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as probe:
-
-            async def up() -> bool:
-                try:
-                    return (await probe.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, timeout=30, what="the API to answer")
+    with api_process(env.process_env()) as (base, proc):
+        await api_answers(base)
         clients = [asyncio.create_task(outcomes.client(base, admin, n)) for n in range(CLIENTS)]
         await eventually(lambda: holds(len(outcomes.created) >= 50), what="restocks flowing")
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(*clients), timeout=60)
         # uvicorn stops gracefully, then re-raises the signal it caught: -SIGTERM
         assert await asyncio.to_thread(proc.wait, 30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     assert outcomes.other == [], outcomes.other[:5]
     # each restock the clients saw fail had not committed: retried, it runs, no replay

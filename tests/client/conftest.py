@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,10 +16,9 @@ import httpx
 import pytest
 
 from shared.db.database import Database
-from shared.embedded import free_port
 from stockroom_client import AsyncClient, RetryEvent, RetryPolicy
 from tests.conftest import Env, KeyFactory
-from tests.waiting import eventually
+from tests.servers import api_answers, api_process
 
 
 @pytest.fixture
@@ -73,28 +71,9 @@ async def on_hand(db: Database, sku: str) -> int:
 @pytest.fixture(scope="session")
 def api_url(env: Env) -> Iterator[str]:
     """A real API process (uvicorn) on a free port, started once for the client's tests."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
-        env=env.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    async def up() -> bool:
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=2) as client:
-                return (await client.get("/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        asyncio.run(eventually(up, timeout=60, what="the API process to answer"))
+    with api_process(env.process_env()) as (url, _):
+        asyncio.run(api_answers(url))
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 class DroppingProxy:

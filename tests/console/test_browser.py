@@ -5,9 +5,6 @@ Screenshots of every page, light and dark, go to ``artifacts/console/``."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,12 +15,11 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from shared.db.database import Database
 from shared.db.unit_of_work import Actor, UnitOfWork
-from shared.embedded import free_port
 from shared.jobs.kinds import JobKind
 from shared.jobs.outbox import create_job
 from tests.conftest import Env, count
 from tests.console.support import key_of
-from tests.waiting import answers, eventually
+from tests.servers import api_answers, api_process
 from tests.worker.receiver import Receiver
 from tests.worker_support import WorkerFactory, create_low_stock_jobs
 
@@ -45,16 +41,8 @@ WAIT_MS = 30_000
 @pytest.fixture
 def api_url(env: Env) -> Iterator[str]:
     """``stockroom api`` (uvicorn) on a free port, as production runs it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--port", str(port)],
-        env=env.process_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    with api_process(env.process_env()) as (url, _):
+        yield url
 
 
 @pytest.fixture
@@ -63,11 +51,6 @@ async def browser() -> AsyncIterator[Browser]:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         await launched.close()
-
-
-async def _api_up(url: str) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-        await eventually(lambda: answers(client), timeout=30, what="the API to answer")
 
 
 async def _request_report(url: str, admin: dict[str, str]) -> str:
@@ -120,7 +103,7 @@ async def test_sign_in_retry_a_failed_job_cancel_a_queued_one_and_sign_out(
 ) -> None:
     receiver.answer(400)  # the first delivery fails for good; the retry's succeeds
     start_worker()
-    await _api_up(api_url)
+    await api_answers(api_url)
     context = await browser.new_context(
         base_url=api_url, viewport={"width": 1366, "height": 800}, color_scheme="light"
     )
