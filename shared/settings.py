@@ -26,8 +26,9 @@ class Settings(BaseSettings):
         env_prefix="STOCKROOM_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str | None = None
-    redis_url: str | None = None
+    # SecretStr: a URL may carry a password; it is never printed with the settings
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
     env: Environment = Environment.development
     docs_enabled: bool | None = None
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -77,19 +78,20 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _check_database_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
             return None
-        if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
 
     @field_validator("redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis:// URL")
         return value
 
@@ -145,12 +147,12 @@ class Settings(BaseSettings):
     def require_database_url(self) -> str:
         if not self.database_url:
             raise SettingsError("STOCKROOM_DATABASE_URL: not set")
-        return self.database_url
+        return self.database_url.get_secret_value()
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
             raise SettingsError("STOCKROOM_REDIS_URL: not set")
-        return self.redis_url
+        return self.redis_url.get_secret_value()
 
 
 class SettingsError(Exception):

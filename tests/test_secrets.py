@@ -42,6 +42,19 @@ def test_webhook_settings_are_secret_and_checked() -> None:
     assert str(info.value).startswith("STOCKROOM_WEBHOOK_URL")
 
 
+def test_server_urls_are_secret_and_checked() -> None:
+    settings = load_settings(
+        database_url=f"postgresql://stock:{TOKEN}@db.internal/stock",
+        redis_url=f"redis://:{TOKEN}@cache.internal:6379/0",
+    )
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings.model_dump())
+    assert settings.require_database_url() == f"postgresql://stock:{TOKEN}@db.internal/stock"
+    assert settings.require_redis_url() == f"redis://:{TOKEN}@cache.internal:6379/0"
+    with pytest.raises(SettingsError) as info:
+        load_settings(database_url="mysql://db.internal/stock")
+    assert str(info.value).startswith("STOCKROOM_DATABASE_URL")
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
