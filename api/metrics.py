@@ -13,6 +13,8 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Counter,
+    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -125,6 +127,19 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
+        # a request's series, by method, route and status: ``labels()`` checks and locks on
+        # every call (as many entries as the series themselves)
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _count(self, method: str, label: str, status: int, elapsed: float) -> None:
+        series = self._series.get((method, label, status))
+        if series is None:
+            series = self._series[(method, label, status)] = (
+                metrics.HTTP_REQUESTS.labels(method, label, str(status)),
+                metrics.HTTP_LATENCY.labels(method, label),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
 
     def _template(self, scope: Scope) -> str:
         if self._templates is None:
@@ -157,8 +172,7 @@ class MetricsMiddleware:
             label = self._template(scope)
             method = scope["method"]
             elapsed = time.perf_counter() - started
-            metrics.HTTP_REQUESTS.labels(method, label, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, label).observe(elapsed)
+            self._count(method, label, status, elapsed)
             ACCESS_LOG.write(
                 method,
                 scope["path"],

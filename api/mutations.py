@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
@@ -214,12 +213,12 @@ async def _run_mutation(request: Request, spec: MutationDependency, endpoint: En
     state = app_state(request)
     key_token = presented_key(request)  # 401 before the body is read: a well-formed key,
     await state.live_keys.check(state.db, key_token)  # and a live one
-    raw = await _read_body(request, state.settings.api_body_read_timeout)
+    body = idempotency.RequestBody(await _read_body(request, state.settings.api_body_read_timeout))
     key = request.headers.get("idempotency-key") if request.method == "POST" else None
-    digest = idempotency.fingerprint(request.method, _target(request), raw) if key else b""
+    digest = idempotency.fingerprint(request.method, _target(request), body) if key else b""
     if spec.one_statement is not None:
         response = await _try_one_statement(
-            request, state, spec.one_statement, key_token, key, digest, raw
+            request, state, spec.one_statement, key_token, key, digest, body
         )
         if response is not None:
             return response
@@ -243,17 +242,22 @@ def _target(request: Request) -> str:
     return f"{path}?{query}" if query else path
 
 
-def _json_body(raw: bytes, content_type: str, model: type[BaseModel]) -> BaseModel | None:
-    """``raw`` as ``model``, validated as FastAPI validates a JSON body; ``None`` for anything
+def _json_body(
+    body: idempotency.RequestBody, content_type: str, model: type[BaseModel]
+) -> BaseModel | None:
+    """``body`` as ``model``, validated as FastAPI validates a JSON body; ``None`` for anything
     FastAPI must answer itself (no body, another content type, invalid JSON or values)."""
     media = content_type.partition(";")[0].strip().lower()
     is_json = media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
-    if not raw or not is_json:
+    if not body.raw or not is_json:
+        return None
+    value = body.json()
+    if value is idempotency.NOT_JSON:
         return None
     try:
-        return model.model_validate(json.loads(raw))
+        return model.model_validate(value)
     except (ValueError, RecursionError, ValidationError):  # FastAPI's answer, then
         return None
 
@@ -265,11 +269,11 @@ async def _try_one_statement(
     key_token: KeyToken,
     key: str | None,
     digest: bytes,
-    raw: bytes,
+    request_body: idempotency.RequestBody,
 ) -> Response | None:
     """The request as ``mutation``'s one statement, committed with others queued meanwhile
     (its ``GroupCommitter``): the answer, or ``None`` when it wrote nothing."""
-    body = _json_body(raw, request.headers.get("content-type", ""), mutation.body)
+    body = _json_body(request_body, request.headers.get("content-type", ""), mutation.body)
     if body is None:
         return None
     committed = await idempotency.run_one_statement(

@@ -3,7 +3,9 @@
 app in-process (the same app ``stockroom api`` serves, middlewares included, on uvloop) with
 ``--concurrency`` tasks, each posting restocks with its own Idempotency-Key, for ``--rounds``
 rounds, and prints the API process's CPU per request (``time.process_time``; min and median
-of the rounds), the request rate, and the full garbage collections during the rounds.
+of the rounds), the request rate, and the full garbage collections during the rounds; then
+the CPU per ``GET /healthz`` through the same app (min of the rounds): what the framework's
+stack and the app's middlewares cost any request, the floor under the restock's figure.
 
 A tool for A/B work on the hot path (``--profile out.prof`` writes a CPU-time cProfile of the
 measured rounds); ``bench/restock.sh`` gives the figures the inventory issue asks for. It creates and drops a
@@ -88,6 +90,7 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--skus", type=int, default=1000)
     parser.add_argument("--no-key", action="store_true", help="omit the Idempotency-Key")
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--healthz", type=int, default=5000, help="GET /healthz per round")
     args = parser.parse_args(argv)
     admin_url = os.environ.get(
         "STOCKROOM_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -155,6 +158,12 @@ async def main(argv: list[str]) -> int:
             gc.callbacks.remove(on_gc)
             if profiler:
                 profiler.dump_stats(args.profile)
+            healthz_cpus = []
+            for _ in range(args.rounds if args.healthz else 0):
+                cpu0 = time.process_time()
+                for _ in range(args.healthz):
+                    await _request(app, "/healthz", [], b"", method="GET")
+                healthz_cpus.append((time.process_time() - cpu0) / args.healthz)
         total = per * args.concurrency
         cpus.sort()
         print(
@@ -163,6 +172,7 @@ async def main(argv: list[str]) -> int:
             f" median={cpus[len(cpus) // 2] / total * 1000:.3f}"
             f" req_per_s max={max(rates):.0f}"
             f" gen2_collections={len(pauses)} max_pause_ms={max(pauses, default=0) * 1000:.1f}"
+            f" healthz_cpu_per_request_us min={min(healthz_cpus, default=0) * 1e6:.1f}"
         )
         return 1 if bad else 0
     finally:

@@ -38,15 +38,51 @@ class StoredResponse:
     body: bytes
 
 
-def fingerprint(method: str, path: str, body: bytes) -> bytes:
+class NotJson:
+    """What ``RequestBody.json`` gives for a body that is not JSON (or nested too deep)."""
+
+
+NOT_JSON = NotJson()
+_UNREAD = object()
+
+
+class RequestBody:
+    """A request's body, decoded as JSON at most once: the fingerprint and the body's
+    validation share the decoding."""
+
+    __slots__ = ("_value", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._value: Any = _UNREAD
+
+    def json(self) -> Any:
+        """The body's JSON value, or ``NOT_JSON``."""
+        if self._value is _UNREAD:
+            try:
+                self._value = json.loads(self.raw)
+            except (ValueError, RecursionError):
+                self._value = NOT_JSON
+        return self._value
+
+
+def _canonical_json(value: Any, raw: bytes) -> bytes:
+    """``value`` in one spelling (keys sorted, no white space); ``raw`` as it is when it is
+    not JSON or nested too deep to spell."""
+    if value is NOT_JSON:
+        return raw
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        return raw
+
+
+def fingerprint(method: str, path: str, body: bytes | RequestBody) -> bytes:
     """What makes two requests 'the same': method, path and the JSON body up to key order and
     white space (a body that is not JSON counts byte for byte)."""
-    try:
-        canonical = json.dumps(
-            json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-    except Exception:  # not JSON, or nested too deep to canonicalise: byte for byte
-        canonical = body
+    if isinstance(body, bytes):
+        body = RequestBody(body)
+    canonical = _canonical_json(body.json(), body.raw)
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode(), canonical):
         digest.update(len(part).to_bytes(8, "big"))

@@ -45,6 +45,14 @@ CONFLICTS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Routes are matched in order: the restock, the hot one, first.
+@router.post("/restock", status_code=201, response_model=RestockResult, responses=CONFLICTS)
+async def restock(body: RestockLine, m: InventoryRestock) -> Response:
+    """Receive stock at a location (default `MAIN`). Send an `Idempotency-Key`: a retried
+    request then returns the first answer and counts nothing twice."""
+    return await m.respond_json(201, await service.restock(m.uow, body))
+
+
 @router.post("/locations", status_code=201, response_model=Location, responses=CONFLICTS)
 async def create_location(body: LocationCreate, m: InventoryWrite) -> Response:
     location = await service.create_location(m.uow, body)
@@ -56,13 +64,6 @@ async def list_locations(
     conn: ConnDep, _: InventoryRead, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None
 ) -> Page[Location]:
     return await service.list_locations(conn, limit=limit, cursor=cursor)
-
-
-@router.post("/restock", status_code=201, response_model=RestockResult, responses=CONFLICTS)
-async def restock(body: RestockLine, m: InventoryRestock) -> Response:
-    """Receive stock at a location (default `MAIN`). Send an `Idempotency-Key`: a retried
-    request then returns the first answer and counts nothing twice."""
-    return await m.respond_json(201, await service.restock(m.uow, body))
 
 
 @router.post("/restock/batch", status_code=201, response_model=BatchResult, responses=CONFLICTS)

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.idempotency import fingerprint
+from shared.idempotency import NOT_JSON, RequestBody, fingerprint
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -61,3 +61,19 @@ def test_a_body_that_is_not_json_counts_byte_for_byte() -> None:
 def test_numbers_keep_their_spelling() -> None:
     # 1 and 1.0 are different JSON to a validator that takes integers only
     assert fingerprint("POST", "/p", b'{"q":1}') != fingerprint("POST", "/p", b'{"q":1.0}')
+
+
+@given(bodies | st.binary(max_size=40))
+def test_a_decoded_body_fingerprints_as_its_bytes(body: dict[str, Any] | bytes) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    decoded = RequestBody(raw)
+    decoded.json()  # decoded before, as the one-statement restock's validation does
+    assert fingerprint("POST", "/p", decoded) == fingerprint("POST", "/p", raw)
+
+
+def test_a_body_is_json_or_not_json() -> None:
+    assert RequestBody(b"null").json() is None
+    assert RequestBody(b'{"a": [1]}').json() == {"a": [1]}
+    assert RequestBody(b"{").json() is NOT_JSON
+    assert RequestBody(b"\xff").json() is NOT_JSON
+    assert RequestBody(b"[" * 100_000).json() is NOT_JSON
