@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from shared.alerts.webhooks import DeliveryLog
 from shared.db.database import Database
 from shared.queue import Queue
 from shared.settings import Settings
@@ -27,6 +28,11 @@ class WorkerContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     jobs_running: int = 0
     jobs_done: int = 0
+    # the process's webhook delivery rows, written together (see shared.alerts.webhooks)
+    delivery_log: DeliveryLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.delivery_log = DeliveryLog(self.db)
 
     @property
     def worker_id(self) -> str:

@@ -29,6 +29,7 @@ async def deliver_webhook(run: JobRun) -> dict[str, Any]:
         secret=settings.webhook_secret.get_secret_value(),
         event_type=run.job.payload["type"],
         data=run.job.payload["data"],
+        delivery_log=run.state.delivery_log,
     )
 
 

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -36,6 +36,7 @@ from shared import metrics
 from shared.db.connection import SERVER_SETTINGS
 from shared.db.urls import driver_url
 from shared.jobs import service as jobs
+from shared.jobs.batching import Batched, retrying
 from shared.jobs.retry import describe, is_transient
 from shared.jobs.schemas import QueuedJob
 from shared.logs import request_id_var
@@ -52,8 +53,6 @@ PROGRESS_EVERY_SECONDS = 0.5
 
 StopReason = Literal["cancelled", "lost", "shutdown"]
 _T = TypeVar("_T")
-_In = TypeVar("_In")
-_Out = TypeVar("_Out")
 
 
 @dataclass(slots=True)
@@ -89,67 +88,7 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("the lease keeper stopped: %r", task.exception())
 
 
-# Claims and outcome writes are retried for a while: the lease is renewed while an outcome is
-# pending, so a database blip need not make a finished job run again.
-OUTCOME_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 OUTCOME_WAIT_AT_STOP_SECONDS = 15.0
-
-
-async def _retrying(write: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
-    for delay in OUTCOME_RETRY_DELAYS:
-        try:
-            return await write()
-        except Exception as exc:
-            log.warning("a job statement failed; retrying in %.1f s: %s", delay, exc)
-            await asyncio.sleep(delay)
-    return await write()
-
-
-class _Batched(Generic[_In, _Out]):
-    """One statement for many callers: the entries submitted while a statement is in flight
-    (or in the same event-loop tick) are written together by the next one. A batch that fails
-    is written again one entry at a time, with retries, so that one bad entry (or a blip)
-    does not fail its neighbours."""
-
-    def __init__(self, write: Callable[[list[_In]], Coroutine[Any, Any, list[_Out]]]) -> None:
-        self._write_batch = write
-        self._pending: list[tuple[_In, asyncio.Future[_Out]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def submit(self, entry: _In) -> _Out:
-        done: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, done))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
-        return await done
-
-    async def _write(self) -> None:
-        try:
-            await asyncio.sleep(0)  # the entries of this tick join the first statement
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    outcomes = await self._write_batch([entry for entry, _ in batch])
-                except Exception:
-                    for entry in batch:
-                        await self._write_one(*entry)
-                    continue
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if not done.done():
-                        done.set_result(outcome)
-        finally:
-            self._writer = None
-
-    async def _write_one(self, entry: _In, done: asyncio.Future[_Out]) -> None:
-        try:
-            outcome: _Out
-            (outcome,) = await _retrying(lambda: self._write_batch([entry]))
-        except Exception as exc:
-            if not done.done():
-                done.set_exception(exc)
-            return
-        if not done.done():
-            done.set_result(outcome)
 
 
 class JobRunner:
@@ -161,8 +100,8 @@ class JobRunner:
     ) -> None:
         self._state = state
         self._handlers = handlers
-        self._claims: _Batched[jobs.Lease, jobs.ClaimedJob | None] = _Batched(self._claim)
-        self._completions: _Batched[tuple[jobs.Lease, dict[str, Any]], bool] = _Batched(
+        self._claims: Batched[jobs.Lease, jobs.ClaimedJob | None] = Batched(self._claim)
+        self._completions: Batched[tuple[jobs.Lease, dict[str, Any]], bool] = Batched(
             self._complete_batch
         )
         self._runs: dict[uuid.UUID, tuple[JobRun, asyncio.Task[None]]] = {}
@@ -338,7 +277,7 @@ class JobRunner:
                 return await statement(conn, *args)
 
         try:
-            return await _retrying(write)
+            return await retrying(write)
         except Exception as exc:
             log.warning("could not record a job's outcome: %s", exc)
             return None

@@ -13,12 +13,14 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from shared.db.database import Database
+from shared.jobs.batching import Batched
 from shared.jobs.retry import PermanentJobError, TransientJobError
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -72,13 +74,15 @@ async def deliver(
     secret: str,
     event_type: str,
     data: dict[str, Any],
+    delivery_log: DeliveryLog | None = None,
 ) -> dict[str, Any]:
     """POST the event once; records the attempt. Network errors, 5xx, 408 and 429 raise
     ``TransientJobError``; any other non-2xx raises ``PermanentJobError``. A connection is
     taken only to record the attempt, never across the HTTP call (a slow receiver would hold
     pooled connections for its whole timeout). The record is best effort: a delivery that
     the receiver accepted stands even when its log row cannot be written (raising would retry
-    the job and send the webhook again)."""
+    the job and send the webhook again). A worker passes its process's ``delivery_log``, which
+    writes the rows of concurrent deliveries in one statement."""
     body = encode_body(event_type, data)
     timestamp = int(time.time())
     message_id = f"msg_{job_id.hex}"
@@ -99,7 +103,8 @@ async def deliver(
         error = _without_url(f"{type(exc).__name__}: {exc}", url)[:1000]
     finally:
         duration_ms = int((time.monotonic() - started) * 1000)
-        await _record_attempt(db, job_id, attempt, url, status, error, duration_ms)
+        attempt_row = DeliveryAttempt(job_id, attempt, url, status, error, duration_ms)
+        await (delivery_log or DeliveryLog(db)).record(attempt_row)
     if status is None:
         raise TransientJobError(f"delivery to {url_for_errors(url)} failed: {error}")
     if 200 <= status < 300:
@@ -109,32 +114,66 @@ async def deliver(
     raise PermanentJobError(f"receiver answered {status}; not retried")
 
 
-async def _record_attempt(
-    db: Database,
-    job_id: uuid.UUID,
-    attempt: int,
-    url: str,
-    status: int | None,
-    error: str | None,
-    duration_ms: int,
-) -> None:
-    """The attempt's ``webhook_deliveries`` row; a failure is logged, never raised."""
-    try:
-        async with db.acquire() as conn:
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    """One ``webhook_deliveries`` row."""
+
+    job_id: uuid.UUID
+    attempt: int
+    url: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+_INSERT_ATTEMPTS = (
+    "INSERT INTO webhook_deliveries (job_id, attempt, url, status_code, error, duration_ms)"
+    " SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::smallint[], $5::text[],"
+    " $6::int[])"
+)
+
+
+class DeliveryLog:
+    """The ``webhook_deliveries`` rows of one process, written together: the attempts recorded
+    while a statement is in flight go in the next one (``Batched``), one statement for many
+    deliveries instead of one each. Best effort: a row that cannot be written is logged,
+    never raised (the delivery stands), and never retried; a batch that fails is written
+    again a row at a time, so that one bad row does not lose its neighbours."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._batch: Batched[DeliveryAttempt, None] = Batched(self._write)
+
+    async def record(self, attempt: DeliveryAttempt) -> None:
+        await self._batch.submit(attempt)
+
+    async def _write(self, attempts: list[DeliveryAttempt]) -> list[None]:
+        try:
+            await self._insert(attempts)
+        except Exception:
+            if len(attempts) > 1:
+                for attempt in attempts:
+                    await self._write([attempt])
+            else:
+                log.warning(
+                    "could not record a webhook delivery attempt",
+                    exc_info=True,
+                    extra={
+                        "job_id": str(attempts[0].job_id),
+                        "attempt": attempts[0].attempt,
+                        "status_code": attempts[0].status_code,
+                    },
+                )
+        return [None] * len(attempts)
+
+    async def _insert(self, attempts: list[DeliveryAttempt]) -> None:
+        async with self._db.acquire() as conn:
             await conn.execute(
-                "INSERT INTO webhook_deliveries"
-                " (job_id, attempt, url, status_code, error, duration_ms)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                job_id,
-                attempt,
-                url,
-                status,
-                error,
-                duration_ms,
+                _INSERT_ATTEMPTS,
+                [a.job_id for a in attempts],
+                [a.attempt for a in attempts],
+                [a.url for a in attempts],
+                [a.status_code for a in attempts],
+                [a.error for a in attempts],
+                [a.duration_ms for a in attempts],
             )
-    except Exception as exc:
-        log.warning(
-            "could not record a webhook delivery attempt: %s",
-            exc,
-            extra={"job_id": str(job_id), "attempt": attempt, "status_code": status},
-        )
