@@ -31,7 +31,7 @@ from api.console.views import (
     set_cookie,
     signed_in,
 )
-from api.routers.reports import _stream
+from api.routers.reports import stored_file_response
 from shared.audit import service as audit_service
 from shared.auth.keys import Scope, parse_token
 from shared.auth.service import authenticate
@@ -253,7 +253,7 @@ async def _report_file(request: Request, report_id: uuid.UUID, *, chart_png: boo
 
     async def respond(view: ConsoleView) -> Response:
         stored = await reports_service.open_file(view.conn, report_id, chart=chart_png)
-        return _stream(view.state, stored)
+        return stored_file_response(view.state, stored)
 
     return await signed_in(request, respond)
 

@@ -62,7 +62,8 @@ async def get_report(report_id: uuid.UUID, conn: ConnDep, _: ReportsRead) -> Rep
     return await service.get_report(conn, report_id)
 
 
-def _stream(state: StateDep, stored: StoredFile) -> StreamingResponse:
+def stored_file_response(state: StateDep, stored: StoredFile) -> StreamingResponse:
+    """A stored report file (or chart) streamed from its chunks, as a download."""
     ascii_name = stored.filename.encode("ascii", "replace").decode()
     disposition = (
         f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(stored.filename)}"
@@ -97,7 +98,7 @@ async def download_report(
     report_id: uuid.UUID, conn: ConnDep, state: StateDep, _: ReportsRead
 ) -> StreamingResponse:
     """The report's file, streamed chunk by chunk from the database, as an attachment."""
-    return _stream(state, await service.open_file(conn, report_id))
+    return stored_file_response(state, await service.open_file(conn, report_id))
 
 
 @router.get(
@@ -113,4 +114,4 @@ async def report_chart(
 ) -> StreamingResponse:
     """The report's chart: value by category and location, movement per day, or the SKUs
     furthest below their reorder point."""
-    return _stream(state, await service.open_file(conn, report_id, chart=True))
+    return stored_file_response(state, await service.open_file(conn, report_id, chart=True))

@@ -197,16 +197,18 @@ class _Crash(Exception):
     """Stands for the worker dying between two batches."""
 
 
+async def crash_after_the_first_batch(percent: int) -> None:
+    """A crash as soon as progress passes the first batch (batches of two lines below)."""
+    if 50 < percent < 100:
+        raise _Crash
+
+
 async def test_a_per_line_import_cut_short_resumes_after_its_last_committed_batch(
     sr: AsyncClient, db: Database, products: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "PER_LINE_BATCH", 2)
     body = b"sku,quantity\nBOLT-M8,1\nNUT-M8,2\nNOPE-1,3\nWASHER-M8,4\nBOLT-M8,5\n"
     job = await _queued_import(sr, db, body, "per_line")
-
-    async def crash_after_the_first_batch(percent: int) -> None:
-        if 50 < percent < 100:
-            raise _Crash
 
     with pytest.raises(_Crash):
         await run_import(db, job, crash_after_the_first_batch)
@@ -245,10 +247,6 @@ async def test_a_retried_import_resumes_where_the_failed_one_stopped(
     monkeypatch.setattr(runner, "PER_LINE_BATCH", 2)
     body = b"sku,quantity\nBOLT-M8,1\nNUT-M8,2\nWASHER-M8,4\n"
     first = await _queued_import(sr, db, body, "per_line")
-
-    async def crash_after_the_first_batch(percent: int) -> None:
-        if 50 < percent < 100:
-            raise _Crash
 
     with pytest.raises(_Crash):
         await run_import(db, first, crash_after_the_first_batch)
