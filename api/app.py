@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     openapi.install(app)
 
-    # Routes are matched in order: the hot ones first.
+    # Routes are matched in order: the hot ones first, the restock ahead of every router.
+    inventory.add_restock_route(app.router, API_PREFIX)
     app.include_router(health.router)
     app.include_router(inventory.router, prefix=API_PREFIX)
     app.include_router(catalog.router, prefix=API_PREFIX)

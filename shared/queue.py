@@ -29,8 +29,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+)
 from arq.cron import cron
+from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
@@ -105,6 +111,18 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+# ARQ's ``enqueue_job`` (WATCH, EXISTS, then MULTI/PSETEX/ZADD/EXEC: three round trips and
+# most of the API's cost of an audit wake-up) as one atomic script: the job is added unless
+# ARQ holds its id already (ARQ's dedupe by ``_job_id``); 1 when it was added. KEYS: the job's
+# key, its result's key, the ARQ queue. ARGV: expiry (ms), the serialized job, score, id.
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 class Queue:
     """A producer's handle on the queue (API replicas, the relay, the CLI)."""
 
@@ -120,9 +138,10 @@ class Queue:
         self._kick_pending = False
         self._last_kick = float("-inf")  # when the latest audit kick was (or will be) sent
         self._background: set[asyncio.Task[None]] = set()
-        # ARQ's enqueue holds a connection for its WATCH; redis-py's pool refuses past its
-        # size rather than wait: a burst of hand-overs takes turns on part of it
+        # redis-py's pool refuses past its size rather than wait: a burst of hand-overs takes
+        # turns on part of it
         self._enqueue_slots = asyncio.Semaphore(self.ENQUEUE_CONCURRENCY)
+        self._enqueue_script = redis.register_script(_ENQUEUE)
 
     @classmethod
     def from_url(cls, redis_url: str, queue_name: str) -> Queue:
@@ -178,15 +197,32 @@ class Queue:
     async def _enqueue(self, job: QueuedJob) -> bool:
         due = job.due if job.due is not None and job.due > datetime.now(UTC) else None
         async with self._enqueue_slots:
-            copy = await self.redis.enqueue_job(
+            return await self._enqueue_copy(
                 job.kind,
-                str(job.id),
-                job.generation,
-                _job_id=arq_job_id(self.queue_name, job),
-                _queue_name=lane_name(self.queue_name, job.kind),
-                _defer_until=due,
+                (str(job.id), job.generation),
+                arq_job_id(self.queue_name, job),
+                lane_name(self.queue_name, job.kind),
+                run_at_ms=int(due.timestamp() * 1000) if due is not None else None,
             )
-        return copy is not None
+
+    async def _enqueue_copy(
+        self,
+        function: str,
+        args: tuple[Any, ...],
+        arq_id: str,
+        arq_queue: str,
+        run_at_ms: int | None = None,
+    ) -> bool:
+        """ARQ's ``enqueue_job``, in one round trip (``_ENQUEUE``): False when ARQ holds a job
+        of this id already (queued, running, or its result kept)."""
+        now = timestamp_ms()
+        score = now if run_at_ms is None else run_at_ms
+        payload = serialize_job(function, args, {}, None, now, serializer=self.redis.job_serializer)
+        added = await self._enqueue_script(
+            keys=[job_key_prefix + arq_id, result_key_prefix + arq_id, arq_queue],
+            args=[max(score - now, 0) + self.redis.expires_extra_ms, payload, score, arq_id],
+        )
+        return bool(added)
 
     async def lost(self, jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
         """Of these queued jobs, those whose ARQ copy will not run: Redis does not hold it
@@ -252,21 +288,20 @@ class Queue:
 
     async def kick_audit_drain(self) -> None:
         """Make sure one ``drain_audit`` is queued (a no-op while one is queued already)."""
-        await self.redis.enqueue_job(
-            TASK_DRAIN_AUDIT,
-            _job_id=audit_drain_job_id(self.queue_name),
-            _queue_name=self.queue_name,
+        await self._enqueue_copy(
+            TASK_DRAIN_AUDIT, (), audit_drain_job_id(self.queue_name), self.queue_name
         )
 
     async def follow_up_audit_drain(self, delay_seconds: float = 0.02) -> None:
         """A drain under a unique id, which nothing can coalesce away: shortly after a drain
         ends (a wake-up sent while a drain is finishing is dropped, since ARQ still holds the
         drain's id) and from the relay when events wait longer than they should."""
-        await self.redis.enqueue_job(
+        await self._enqueue_copy(
             TASK_DRAIN_AUDIT,
-            _job_id=f"{audit_drain_job_id(self.queue_name)}:follow-up:{uuid.uuid4().hex}",
-            _queue_name=self.queue_name,
-            _defer_by=delay_seconds,
+            (),
+            f"{audit_drain_job_id(self.queue_name)}:follow-up:{uuid.uuid4().hex}",
+            self.queue_name,
+            run_at_ms=timestamp_ms() + int(delay_seconds * 1000),
         )
 
     def is_follow_up_drain(self, arq_job_id: str | None) -> bool:
