@@ -37,7 +37,7 @@ from arq.constants import (
 )
 from arq.cron import cron
 from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
+from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -202,7 +202,7 @@ class Queue:
                 (str(job.id), job.generation),
                 arq_job_id(self.queue_name, job),
                 lane_name(self.queue_name, job.kind),
-                run_at_ms=int(due.timestamp() * 1000) if due is not None else None,
+                run_at_ms=to_unix_ms(due) if due is not None else None,
             )
 
     async def _enqueue_copy(

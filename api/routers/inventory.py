@@ -53,9 +53,9 @@ async def restock(body: RestockLine, m: InventoryRestock) -> Response:
 
 def add_restock_route(app_router: APIRouter, prefix: str) -> None:
     """The restock, the hot route, on the app's own router, ahead of every included one:
-    FastAPI finds a route of an included router by walking the routers before it, which cost
-    the restock ~20-40 µs of its ~170 (docs/decisions/013-the-hot-route-first.md). An ordinary
-    route all the same: every middleware wraps it, and OpenAPI lists it with the others."""
+    FastAPI finds a route of an included router by walking the routers before it, a cost
+    measured in docs/decisions/013-one-entrance-and-its-cost.md. An ordinary route all the
+    same: every middleware wraps it, OpenAPI lists it."""
     app_router.add_api_route(
         prefix + router.prefix + "/restock",
         restock,
