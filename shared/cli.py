@@ -9,10 +9,7 @@ import argparse
 import asyncio
 import importlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -74,39 +71,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = _settings()
     settings.require_database_url()
     settings.require_redis_url()
     from shared.logs import configure_logging
 
     configure_logging(settings)
-    shared_metrics = None
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # several processes, one /metrics: they write their series to files in a directory
-        # of this run's, which any of them sums up when scraped
-        shared_metrics = tempfile.mkdtemp(prefix="stockroom-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_metrics
-    try:
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=None,
-            access_log=False,
-            proxy_headers=True,
-            server_header=False,
-            timeout_graceful_shutdown=20,
-            limit_concurrency=settings.api_limit_concurrency,
-            timeout_keep_alive=settings.api_keep_alive_timeout,
-        )
-    finally:
-        if shared_metrics is not None:
-            shutil.rmtree(shared_metrics, ignore_errors=True)
-    return 0
+    run: Callable[[Settings, str, int, int], int] = importlib.import_module("api.server").run
+    return run(settings, args.host, args.port, args.workers)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

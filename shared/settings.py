@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     # answers 503, an idle keep-alive connection's life, a request body's whole read
     api_limit_concurrency: int = Field(default=2048, ge=1)
     api_keep_alive_timeout: int = Field(default=5, ge=1, le=300)
+    api_header_timeout: float = Field(default=10.0, gt=0, le=300)
     api_body_read_timeout: float = Field(default=30.0, gt=0, le=3600)
     report_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     report_retention_hours: int = Field(default=24 * 7, ge=1)

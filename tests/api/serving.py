@@ -10,14 +10,18 @@ from typing import Any
 
 import uvicorn
 
+from api.server import HeadersInTime
 from shared.embedded import free_port
 from tests.waiting import eventually, holds
 
 
 @asynccontextmanager
 async def served_by_uvicorn(app: Any, **config: Any) -> AsyncIterator[tuple[str, int]]:
-    """``(host, port)`` of a uvicorn serving ``app`` (its lifespan included) until exit."""
+    """``(host, port)`` of a uvicorn serving ``app`` (its lifespan included) until exit, with
+    the protocol ``stockroom api`` serves with (``api.server.HeadersInTime``) unless ``http``
+    says otherwise."""
     host, port = "127.0.0.1", free_port()
+    config.setdefault("http", HeadersInTime)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", **config)
     )
