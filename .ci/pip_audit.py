@@ -6,9 +6,11 @@ cannot be reached (a mirror without it, no network), it skips every package. The
 pins are checked offline instead, against ``.ci/advisories.json``: the advisories of the
 lock's packages, cut from a snapshot of the advisory databases by
 ``.ci/advisories_snapshot.py`` (same verdicts, same ignore list). The output names the
-snapshot's date and warns when it is old: advisories published since are not in it. Only
-where neither works does this say so loudly (BLOCKED) instead of counting it as a clean
-audit; set STOCKROOM_AUDIT_STRICT=1 to make that a failure."""
+snapshot's date and warns when it is old: advisories published since are not in it. Where
+pip-audit fails outright (no network at all) the snapshot is used too. Only where neither
+works does this say so loudly (BLOCKED) instead of counting it as a clean audit.
+STOCKROOM_AUDIT_STRICT=1 makes that a failure, and also a snapshot older than
+STALE_AFTER_DAYS or missing some of the lock's packages: nothing current was audited."""
 
 from __future__ import annotations
 
@@ -68,7 +70,12 @@ def offline(ignored: set[str]) -> int | None:
             f"pip-audit: WARNING: the snapshot is {age} days old; advisories published since"
             " are not checked (refresh it: docs/security.md)"
         )
-    return 1 if found else 0
+    incomplete = bool(missing) or age > STALE_AFTER_DAYS
+    return 1 if found or (incomplete and strict()) else 0
+
+
+def strict() -> bool:
+    return os.environ.get("STOCKROOM_AUDIT_STRICT") == "1"
 
 
 def online(ignored: set[str]) -> dict[str, Any] | None:
@@ -91,21 +98,19 @@ def online(ignored: set[str]) -> dict[str, Any] | None:
 def main() -> int:
     ignored = ignored_ids()
     result = online(ignored)
-    if result is None:
-        return 1
-    deps = result["dependencies"]
+    deps = result["dependencies"] if result is not None else []
     found = [(d["name"], d["version"], v) for d in deps for v in d.get("vulns", [])]
     skipped = [d for d in deps if "skip_reason" in d]
     audited = len(deps) - len(skipped)
-    if skipped and not audited:
-        print(
-            f"pip-audit: the advisory service answered for no package ({skipped[0]['skip_reason']})"
-        )
+    if result is None or (skipped and not audited):
+        if skipped:
+            why = skipped[0]["skip_reason"]
+            print(f"pip-audit: the advisory service answered for no package ({why})")
         verdict = offline(ignored)
         if verdict is not None:
             return verdict
         print(f"pip-audit: BLOCKED: no {SNAPSHOT.name} either; nothing was audited")
-        return 1 if os.environ.get("STOCKROOM_AUDIT_STRICT") == "1" else 0
+        return 1 if result is None or strict() else 0
     for name, version, vuln in found:
         report(name, version, vuln["id"], vuln.get("fix_versions", []))
     print(f"pip-audit: {audited} of {len(deps)} packages audited, {len(found)} vulnerable")

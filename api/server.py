@@ -4,8 +4,11 @@ uvicorn 0.54 has a keep-alive timeout but no deadline for a request's head: a co
 sends nothing, or a byte of its headers now and then (each byte cancels the keep-alive timer),
 is held for ever and counts towards ``limit_concurrency``; enough of them and every request is
 refused 503 (slowloris). ``HeadersInTime`` closes a connection whose request head has not
-arrived whole within ``API_HEADER_TIMEOUT`` seconds of the connection or of its previous
-answer, as nginx's ``client_header_timeout`` does. The body has its own deadline
+arrived whole within ``API_HEADER_TIMEOUT`` seconds of the connection, or of the head's first
+byte for a later request on it (idle time between requests is uvicorn's keep-alive timer's, so
+``API_KEEP_ALIVE_TIMEOUT`` keeps its meaning, and a body still arriving after an early answer
+is not cut off), as nginx's ``client_header_timeout`` does; ``/metrics`` counts those closed
+(``stockroom_http_heads_too_late_total``). The body has its own deadline
 (``API_BODY_READ_TIMEOUT``, 408: ``api.mutations``)."""
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shared.metrics import HEADS_TOO_LATE
 from shared.settings import Settings, get_settings
 
 
@@ -34,16 +38,16 @@ class HeadersInTime(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_head()
+        self._await_head()  # the first head: from the connection on
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_deadline is None:  # a later head: from its first byte on (between
+            self._await_head()  # requests, idle time is the keep-alive timer's)
 
     def on_headers_complete(self) -> None:
         self._head_arrived()
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
-            self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
@@ -61,6 +65,7 @@ class HeadersInTime(HttpToolsProtocol):
     def _head_too_late(self) -> None:
         self._head_deadline = None
         if not self.transport.is_closing():
+            HEADS_TOO_LATE.inc()
             self.transport.close()
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""``bench/restock.sh`` several times in a row, and the spread of its ratios.
+"""The restock benchmark (``bench/restock.py``, what ``bench/restock.sh`` runs) several times
+in a row, and the spread of its ratios.
 
 On a 2-core machine one run's restock/ceiling moves by ±0.08 between runs of the same build
 (the ceiling alone by ±10 %): a single run cannot tell a change of a few per cent from noise.
@@ -66,7 +67,9 @@ def main(argv: list[str]) -> int:
         )
         print(f"{'figure':34} {'median':>8} {'min':>8} {'max':>8}")
         for label in rows[0]:
-            values = [row[label] for row in rows]
+            values = [row[label] for row in rows if row[label] == row[label]]  # NaN: not read
+            if not values:
+                continue
             print(f"{label:34} {statistics.median(values):8g} {min(values):8g} {max(values):8g}")
     return 1 if failed else 0
 

@@ -24,6 +24,10 @@ HTTP_LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+HEADS_TOO_LATE = Counter(
+    "stockroom_http_heads_too_late",
+    "Connections closed because a request's head did not arrive within API_HEADER_TIMEOUT",
+)
 JOBS_ENQUEUED = Counter("stockroom_jobs_enqueued_total", "Jobs written to the outbox", ["kind"])
 JOBS_COMPLETED = Counter("stockroom_jobs_completed_total", "Jobs completed", ["kind"])
 JOBS_FAILED = Counter("stockroom_jobs_failed_total", "Jobs failed for good", ["kind"])

@@ -301,7 +301,7 @@ class Queue:
             (),
             f"{audit_drain_job_id(self.queue_name)}:follow-up:{uuid.uuid4().hex}",
             self.queue_name,
-            run_at_ms=timestamp_ms() + int(delay_seconds * 1000),
+            run_at_ms=timestamp_ms() + round(delay_seconds * 1000),
         )
 
     def is_follow_up_drain(self, arq_job_id: str | None) -> bool:

@@ -32,3 +32,12 @@ async def served_by_uvicorn(app: Any, **config: Any) -> AsyncIterator[tuple[str,
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, timeout=30)
+
+
+def restock_head_with_unknown_key(content_length: int) -> bytes:
+    """A restock's request head, raw, bearing a well-formed key that does not exist."""
+    return (
+        "POST /api/v1/inventory/restock HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {content_length}\r\n"
+        "Authorization: Bearer sr_000000000000_unknownsecret\r\n\r\n"
+    ).encode()

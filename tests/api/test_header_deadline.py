@@ -10,7 +10,7 @@ import time
 
 from api.app import create_app
 from api.server import HeadersInTime
-from tests.api.serving import served_by_uvicorn
+from tests.api.serving import restock_head_with_unknown_key, served_by_uvicorn
 from tests.conftest import Env
 from tests.inventory.helpers import RESTOCK
 
@@ -96,3 +96,37 @@ async def test_a_head_in_time_is_not_cut_off_while_its_body_is_late(
             writer.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert waited >= 3 * HEAD_TIMEOUT * 0.9
+
+
+async def test_an_idle_kept_alive_connection_lives_as_long_as_keep_alive_says(env: Env) -> None:
+    """Between requests the keep-alive timer rules, even when it is longer than the head's."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    app = create_app(env.settings())
+    async with served_by_uvicorn(app, http=QuickHeads, timeout_keep_alive=30) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for _ in range(2):
+                writer.write(request)
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(4096), timeout=10)
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                await asyncio.sleep(2 * HEAD_TIMEOUT)  # idle, longer than a head may take
+        finally:
+            writer.close()
+
+
+async def test_a_body_still_arriving_after_an_early_answer_is_not_cut_off(env: Env) -> None:
+    """An unknown key is answered 401 before the body is read; the client, still sending its
+    body for longer than a head may take, finishes it and reads the 401."""
+    async with served_by_uvicorn(create_app(env.settings()), http=QuickHeads) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(restock_head_with_unknown_key(20000))
+            for _ in range(20):  # 2.0 s of body
+                writer.write(b" " * 1000)
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            answer = await asyncio.wait_for(reader.read(4096), timeout=10)
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer

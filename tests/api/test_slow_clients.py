@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from tests.api.serving import served_by_uvicorn
+from tests.api.serving import restock_head_with_unknown_key, served_by_uvicorn
 from tests.conftest import Env
 from tests.inventory.helpers import RESTOCK, make_product
 
@@ -113,11 +113,7 @@ async def test_an_unknown_key_is_refused_before_its_body_is_read(env: Env) -> No
     async with served_by_uvicorn(app) as (host, port):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(
-                f"POST {RESTOCK} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                "Content-Length: 1000000\r\n"
-                "Authorization: Bearer sr_000000000000_unknownsecret\r\n\r\n".encode()
-            )
+            writer.write(restock_head_with_unknown_key(1000000))
             await writer.drain()
             answer = await asyncio.wait_for(reader.read(4096), timeout=10)  # no body sent
         finally:
