@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(default=5, ge=1, le=100)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     import_max_bytes: int = Field(default=50 * 1000 * 1000, ge=1024)
+    import_upload_retention_hours: int = Field(default=24 * 7, ge=1)
     log_format: LogFormat | None = None
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from shared import idempotency
 from shared.audit import service as audit
+from shared.imports.service import purge_abandoned_uploads
 from shared.jobs import service as jobs
 from shared.reports.storage import purge_expired_reports
 from worker.context import WorkerContext, context_of
@@ -83,11 +84,15 @@ async def relay_jobs(state: WorkerContext) -> int:
 
 
 async def purge_expired(ctx: dict[str, Any]) -> None:
-    """Idempotency records past 24 h; reports past their retention, and orphan chunks."""
+    """Idempotency records past 24 h; reports past their retention, and orphan chunks; the
+    files of imports that ended without completing, past theirs."""
     state = context_of(ctx)
     async with state.db.acquire() as conn:
         while await idempotency.purge_expired(conn) > 0:
             pass
         expired = await purge_expired_reports(conn)
+        uploads = await purge_abandoned_uploads(conn, state.settings.import_upload_retention_hours)
     if expired:
         log.info("expired reports purged", extra={"count": expired})
+    if uploads:
+        log.info("abandoned import uploads purged", extra={"count": uploads})

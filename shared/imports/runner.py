@@ -16,6 +16,9 @@ ones as restocks — set-based, in bounded memory, exactly once.
   job, the same upload), once the job it retries is over.
 - The end is one more fenced transaction: the result, the import's one audit event, and the
   upload's file deleted. A re-run after it returns the stored result.
+- An import that ended without completing keeps its file for ``IMPORT_UPLOAD_RETENTION_HOURS``
+  (for a retry), then the worker's purge deletes it (``service.purge_abandoned_uploads``); a
+  retry after that fails at once, saying so.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from shared.db.database import Database
 from shared.db.unit_of_work import Actor, NewJob, UnitOfWork
 from shared.imports.csv_lines import ReadProgress, parse_upload
 from shared.imports.service import ImportMode, iter_upload
+from shared.jobs.retry import PermanentJobError
 
 MAX_ERRORS_LISTED = 1000
 PER_LINE_BATCH = 10_000
@@ -171,12 +175,20 @@ RETURNING result
 """
 
 
+_UPLOAD_KEPT = "SELECT EXISTS (SELECT FROM import_chunks WHERE upload_id = $1 AND seq = 0)"
+
+
 async def run_import(db: Database, job: ImportJob, progress: Progress) -> ImportOutcome:
     """Run (or resume, or finish) one import job; see the module."""
     async with db.acquire() as conn:
         run = await _claim(conn, job)
         if run.result is not None:
             return ImportOutcome(run.result)
+        if not await conn.fetchval(_UPLOAD_KEPT, job.upload_id):
+            raise PermanentJobError(
+                "the upload's file was purged (IMPORT_UPLOAD_RETENTION_HOURS after its import"
+                " ended without completing): upload the file again"
+            )
         await conn.execute(_DROP_LINES)  # left by a run that was cancelled on this connection
         await conn.execute(_LINES_TABLE)
         try:

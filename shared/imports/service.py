@@ -92,3 +92,32 @@ async def iter_upload(db: Database, upload_id: uuid.UUID) -> AsyncIterator[bytes
             return
         yield data
         seq += 1
+
+
+async def purge_abandoned_uploads(conn: Connection, retention_hours: int) -> int:
+    """Delete the files of uploads whose imports all ended without completing (failed or
+    cancelled: a completed import deletes its own) more than ``retention_hours`` ago and none
+    of which is queued or running: a retry within that time still finds its file; one after
+    fails at once (``run_import``: upload again). Returns how many uploads were purged."""
+    purged = await conn.fetch(
+        """
+        WITH abandoned AS (
+            SELECT u.id FROM import_uploads u
+            WHERE u.created_at < now() - make_interval(hours => $1)
+              AND EXISTS (SELECT FROM import_chunks k WHERE k.upload_id = u.id AND k.seq = 0)
+              AND NOT EXISTS (
+                  SELECT FROM jobs j
+                  WHERE j.kind = 'import' AND j.payload->>'upload_id' = u.id::text
+                    AND (j.status IN ('queued', 'in_progress')
+                         OR j.finished_at > now() - make_interval(hours => $1)))
+            LIMIT 100
+        ), gone AS (
+            DELETE FROM import_chunks c USING abandoned
+            WHERE c.upload_id = abandoned.id
+            RETURNING c.upload_id
+        )
+        SELECT DISTINCT upload_id FROM gone
+        """,
+        retention_hours,
+    )
+    return len(purged)
