@@ -5,6 +5,7 @@ saying so, instead of importing nothing."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,6 @@ RETENTION_HOURS = 2
 async def _import(db: Database, status: str, ended_hours_ago: float | None) -> uuid.UUID:
     """An upload, created three retention periods ago, and an import job of it."""
     upload_id = uuid.uuid4()
-    payload = {"upload_id": str(upload_id), "mode": "atomic", "size_bytes": len(CSV)}
     async with db.acquire() as conn, conn.transaction():
         await store_upload(conn, upload_id, CSV)
         await conn.execute(
@@ -30,13 +30,19 @@ async def _import(db: Database, status: str, ended_hours_ago: float | None) -> u
             upload_id,
             3 * RETENTION_HOURS,
         )
-        await _job(conn, payload, status, ended_hours_ago)
+        await _job(conn, upload_id, status, ended_hours_ago)
     return upload_id
 
 
+def _payload(upload_id: uuid.UUID) -> dict[str, Any]:
+    """An import job's payload, as ``request_import`` writes it."""
+    return {"upload_id": str(upload_id), "mode": "atomic", "size_bytes": len(CSV)}
+
+
 async def _job(
-    conn: Connection, payload: dict[str, str], status: str, ended: float | None
+    conn: Connection, upload_id: uuid.UUID, status: str, ended: float | None
 ) -> uuid.UUID:
+    """An import job of the upload, ``ended`` hours ago (``None``: not ended)."""
     job_id: uuid.UUID = await conn.fetchval(
         """
         INSERT INTO jobs (kind, payload, max_attempts, status, finished_at)
@@ -45,7 +51,7 @@ async def _job(
                      ELSE now() - make_interval(secs => $3::float8 * 3600) END)
         RETURNING id
         """,
-        payload,
+        _payload(upload_id),
         status,
         ended,
     )
@@ -79,8 +85,7 @@ async def test_a_queued_retry_keeps_the_file_of_an_import_that_failed_long_ago(
 ) -> None:
     upload_id = await _import(db, "failed", 2 * RETENTION_HOURS)
     async with db.acquire() as conn:
-        payload = {"upload_id": str(upload_id), "mode": "atomic", "size_bytes": len(CSV)}
-        await _job(conn, payload, "queued", None)  # POST /jobs/{id}/retry
+        await _job(conn, upload_id, "queued", None)  # POST /jobs/{id}/retry
         await purge_abandoned_uploads(conn, RETENTION_HOURS)
     assert await _kept(db, upload_id)
 
@@ -89,9 +94,8 @@ async def test_a_retry_after_the_purge_fails_at_once_saying_so(db: Database) -> 
     upload_id = await _import(db, "failed", 2 * RETENTION_HOURS)
     async with db.acquire() as conn:
         await purge_abandoned_uploads(conn, RETENTION_HOURS)
-        payload = {"upload_id": str(upload_id), "mode": "atomic", "size_bytes": len(CSV)}
-        retry_id = await _job(conn, payload, "in_progress", None)
-    job = ImportJob.from_payload(retry_id, 0, payload, None, 5)
+        retry_id = await _job(conn, upload_id, "in_progress", None)
+    job = ImportJob.from_payload(retry_id, 0, _payload(upload_id), None, 5)
 
     async def progress(_: int) -> None:
         return None
